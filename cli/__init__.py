@@ -1,0 +1,1 @@
+"""The hvams command line."""

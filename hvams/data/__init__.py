@@ -1,0 +1,1 @@
+"""Samples: the schema, Parquet days, the streaming reader, the synthetic world."""

@@ -1,0 +1,1 @@
+"""Process layout of an hvams job: rank roles, communicators, Horovod sets."""

@@ -1,0 +1,97 @@
+"""Run Python entry points under real ``mpirun``/``horovodrun`` from pytest.
+
+Every job runs in its own process group and is killed whole on a timeout, so
+a hung collective fails the test instead of stalling the suite.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import re
+import shutil
+import signal
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from hvams.distributed.launch import local_env, mpirun_command
+from hvams.distributed.reports import read_reports
+
+ROOT = Path(__file__).resolve().parents[1]
+TAG = re.compile(r"^\[(\d+),(\d+)\]<(stdout|stderr)>:(.*)$")
+
+
+@dataclass
+class MPIResult:
+    """Exit status and per-rank output of one multi-rank job."""
+
+    returncode: int
+    output: str
+    timed_out: bool
+
+    def rank_lines(self, rank: int, stream: str | None = None) -> list[str]:
+        lines = []
+        for line in self.output.splitlines():
+            m = TAG.match(line)
+            if m and int(m.group(2)) == rank and (stream is None or m.group(3) == stream):
+                lines.append(m.group(4))
+        return lines
+
+    report_dir: str | None = None
+
+    def reports(self, name: str) -> dict[int, dict]:
+        """The JSON report ``name`` each rank wrote (see hvams.distributed.reports)."""
+        return read_reports(self.report_dir, name) if self.report_dir else {}
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(local_env())
+    env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def run_job(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
+            cwd: Path | None = None) -> MPIResult:
+    """Run ``cmd`` in a new session; on timeout kill its whole process group.
+
+    Ranks write reports to a fresh ``HVAMS_REPORT_DIR`` unless ``env`` names one.
+    """
+    env = dict(env or {})
+    env.setdefault("HVAMS_REPORT_DIR", tempfile.mkdtemp(prefix="hvams-reports-"))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=_env(env), cwd=str(cwd or ROOT), start_new_session=True)
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+        return MPIResult(proc.returncode, out, False, env["HVAMS_REPORT_DIR"])
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        return MPIResult(-9, out, True, env["HVAMS_REPORT_DIR"])
+
+
+def run_mpi(np_: int, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None,
+            mpmd: list[tuple[int, dict[str, str]]] | None = None) -> MPIResult:
+    """``mpirun -np np_ --oversubscribe argv`` with a hard timeout."""
+    env = dict(env or {})
+    env.setdefault("HVAMS_REPORT_DIR", tempfile.mkdtemp(prefix="hvams-reports-"))
+    # -x carries the report dir to every rank, also across nodes.
+    return run_job(mpirun_command(np_, argv, env=env, mpmd=mpmd), timeout, env)
+
+
+def run_horovodrun(np_: int, argv: list[str], timeout: float = 120,
+                   env: dict[str, str] | None = None) -> MPIResult:
+    """``horovodrun -np np_ -H localhost:np_ argv`` with a hard timeout."""
+    horovodrun = shutil.which("horovodrun", path=str(Path(sys.executable).parent)) or "horovodrun"
+    extra = dict(env or {})
+    extra.setdefault("OMPI_MCA_btl_vader_single_copy_mechanism", "none")
+    cmd = [horovodrun, "-np", str(np_), "-H", f"localhost:{np_}", "--mpi",
+           "--mpi-args=--oversubscribe --tag-output", *argv]
+    return run_job(cmd, timeout, extra)
+
+
+def py(module: str, *args: str) -> list[str]:
+    """argv for ``python -m module args`` with the test interpreter."""
+    return [sys.executable, "-m", module, *map(str, args)]
