@@ -1,5 +1,17 @@
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """The `tiny` synthetic world, generated once per test session."""
+    from hvams.data.synth import preset, synthesize
+
+    out = tmp_path_factory.mktemp("tiny") / "world"
+    synthesize(out, preset("tiny"), progress=False)
+    return out

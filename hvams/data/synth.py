@@ -74,7 +74,7 @@ class WorldConfig:
     category_affinity: float = 0.7
     gender_lean_std: float = 0.3
     position_effect: float = 0.08
-    behavior_visual_temp: float = 1.0
+    behavior_visual_temp: float = 0.5
 
     def __post_init__(self):
         if self.ads > self.items:

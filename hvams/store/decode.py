@@ -6,8 +6,13 @@ decoding, so a hostile 50k x 50k image cannot exhaust a server's memory.
 from __future__ import annotations
 
 import struct
+import warnings
 
 import torch
+
+# torchvision 0.29 deprecates torchvision.io's codecs in favour of TorchCodec,
+# which is not in our pinned stack; the decoders still work and are tested.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision")
 
 from .errors import CorruptImageError
 

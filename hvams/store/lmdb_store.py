@@ -35,8 +35,14 @@ class DuplicateKeyError(ValueError):
 
 
 def _open_env(path: Path, readonly: bool, map_size: int = INITIAL_MAP_SIZE) -> lmdb.Environment:
-    return lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly, lock=not readonly,
-                     readahead=False, subdir=True, create=not readonly)
+    env = lmdb.open(str(path), map_size=map_size, max_dbs=2, readonly=readonly, lock=not readonly,
+                    readahead=False, subdir=True, create=not readonly)
+    if not readonly:
+        # Both named databases exist in every partition, even an empty one,
+        # so readers can open them without write access.
+        env.open_db(b"images")
+        env.open_db(b"names")
+    return env
 
 
 def read_manifest(root: str | os.PathLike) -> dict:
@@ -145,7 +151,7 @@ def partition_summary(path: Path) -> dict:
     h = hashlib.blake2b(digest_size=16)
     formats, count, total = Counter(), 0, 0
     with env.begin() as txn:
-        for kb, value in txn.cursor(db=env.open_db(b"images", txn=txn)):
+        for kb, value in txn.cursor(db=env.open_db(b"images", txn=txn, create=False)):
             value = bytes(value)
             h.update(kb)
             h.update(len(value).to_bytes(8, "little"))
