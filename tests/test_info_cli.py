@@ -6,7 +6,7 @@ from hvams import __version__
 
 
 def _hvams(*args):
-    return subprocess.run([sys.executable, "-m", "cli.main", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           timeout=120)
 
 

@@ -1,0 +1,73 @@
+"""``hvams train``."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import click
+
+from .main import EXIT_USAGE, main
+
+
+def _rank() -> int:
+    for var in ("OMPI_COMM_WORLD_RANK", "PMI_RANK", "PMIX_RANK", "SLURM_PROCID"):
+        if var in os.environ:
+            return int(os.environ[var])
+    return 0
+
+
+@main.command()
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config; flags override its keys.")
+@click.option("--data", help="Data directory (schema.json, day=NN/).")
+@click.option("--out", help="Run directory (config, metrics, checkpoints).")
+@click.option("--images", help="Image store (default DATA/images).")
+@click.option("--model", type=click.Choice(["idonly", "din", "dicm", "din+img"]))
+@click.option("--servers", type=int, help="Server ranks (the rest are workers).")
+@click.option("--placement", type=click.Choice(["block", "spread"]))
+@click.option("--batch-size", type=int, help="Samples per worker per step.")
+@click.option("--epochs", type=int)
+@click.option("--max-steps", type=int, help="Stop after this many steps.")
+@click.option("--lr", type=float, help="Dense (worker) learning rate.")
+@click.option("--sparse-optimizer", type=click.Choice(["adagrad", "adam", "sgd"]))
+@click.option("--sparse-lr", type=float, help="Server-side embedding learning rate.")
+@click.option("--emb-dim", type=int)
+@click.option("--seed", type=int)
+@click.option("--aggregator", type=click.Choice(["mqap", "attentive", "sum", "max", "concat"]))
+@click.option("--strategy", type=click.Choice(["ams", "store-in-server", "store-in-worker"]))
+@click.option("--backbone", type=click.Choice(["small-cnn", "resnet18", "vgg16", "mobilenet_v3_small"]))
+@click.option("--freeze-backbone/--train-backbone", default=None)
+@click.option("--checkpoint-every", type=int, help="Checkpoint every K steps (0: at the end only).")
+@click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
+@click.option("--on-bad-row", type=click.Choice(["error", "skip"]))
+@click.option("--no-progress", "progress", flag_value=False, default=None)
+@click.option("--local", "local_np", type=int, help="Start mpirun with N ranks on this machine.")
+def train(config_path, local_np, **flags):
+    """Train a CTR model on servers + workers (run under mpirun/horovodrun/srun).
+
+    \b
+    Example:
+      hvams train --data data/demo --local 4 --servers 2 --model dicm --out runs/dicm
+      mpirun -np 8 hvams train --config run.yaml --servers 2
+      horovodrun -np 4 hvams train --data data/demo --servers 1 --model din --out runs/din
+    """
+    from hvams.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(config_path, flags)
+    except ConfigError as exc:
+        if _rank() == 0:
+            click.echo(f"hvams: error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    if local_np:
+        from hvams.distributed.launch import local_env, mpirun_command
+
+        os.makedirs(cfg.out, exist_ok=True)
+        resolved = os.path.join(cfg.out, "config.requested.yaml")
+        cfg.save(resolved)
+        argv = [sys.executable, "-m", "cli", "train", "--config", resolved]
+        raise SystemExit(subprocess.call(mpirun_command(local_np, argv, env=local_env())))
+    from hvams.train.run import run_training
+
+    run_training(cfg)

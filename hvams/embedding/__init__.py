@@ -1,0 +1,1 @@
+"""Server-side ID embeddings: key index, row storage, sparse optimizers."""

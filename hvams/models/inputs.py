@@ -1,0 +1,56 @@
+"""Embedded inputs of a batch, the one interface between lookup and model.
+
+Whatever produced the rows (server pull, or a local ``nn.Embedding`` in the
+reference), the model sees per-field tensors: ``single[f]`` of shape (n, d)
+and behavior lists ``lists[f]`` of shape (m, d) with ``segment`` mapping each
+of the m flat behaviors to its sample.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..data.batch import Batch
+from ..data.schema import Schema
+
+IMAGE_CHANNEL = "image"
+
+
+@dataclass
+class Inputs:
+    n: int
+    single: dict[str, torch.Tensor]
+    lists: dict[str, torch.Tensor]
+    segment: torch.Tensor          # (m,) int64 sample of each flat behavior
+    lengths: torch.Tensor          # (n,) behaviors per sample
+
+
+def channel_of(field) -> str:
+    """Channel (embedding table, or the image channel) that serves a field."""
+    return IMAGE_CHANNEL if field.kind in ("image", "image_list") else field.table
+
+
+def model_fields(schema: Schema, with_images: bool):
+    """Fields a model embeds, in schema order."""
+    out = [f for f in schema.fields if f.kind in ("id", "id_list")]
+    if with_images:
+        out += [f for f in schema.fields if f.kind in ("image", "image_list")]
+    return out
+
+
+def build_inputs(batch: Batch, rows: dict[str, torch.Tensor], schema: Schema,
+                 with_images: bool) -> Inputs:
+    """Gather each field's rows from its channel's unique-key rows."""
+    single, lists = {}, {}
+    for f in model_fields(schema, with_images):
+        idx = torch.from_numpy(batch.index[f.name])
+        (lists if f.is_list else single)[f.name] = rows[channel_of(f)].index_select(0, idx)
+    lengths = torch.from_numpy(batch.lengths)
+    segment = torch.repeat_interleave(torch.arange(batch.n), lengths)
+    return Inputs(batch.n, single, lists, segment, lengths)
+
+
+def labels_of(batch: Batch, schema: Schema) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(batch.values[schema.label], np.int64))

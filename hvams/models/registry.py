@@ -1,0 +1,23 @@
+"""Build the worker model named in the config."""
+from __future__ import annotations
+
+from torch import nn
+
+from ..config import TrainConfig
+from ..data.schema import Schema
+
+
+def build_model(cfg: TrainConfig, schema: Schema) -> nn.Module:
+    """The dense worker model for ``cfg.model`` (same seed -> same weights)."""
+    import torch
+
+    from .ctr import DIN, IdOnly
+
+    torch.manual_seed(cfg.seed)
+    if cfg.model == "idonly":
+        return IdOnly(schema, cfg.emb_dim, cfg.mlp)
+    if cfg.model == "din":
+        return DIN(schema, cfg.emb_dim, cfg.mlp, cfg.attention)
+    from .dicm import build_image_model  # noqa: F401  (issue: AMS proper)
+
+    raise ValueError(f"model {cfg.model!r} is not available yet")

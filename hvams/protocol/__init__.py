@@ -1,0 +1,1 @@
+"""The synchronous server/worker step protocol over mpi4py."""

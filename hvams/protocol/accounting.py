@@ -1,0 +1,20 @@
+"""Bytes sent per category, counted from the buffers actually handed to MPI."""
+from __future__ import annotations
+
+from collections import Counter
+
+CATEGORIES = ("control", "id_keys", "id_rows", "id_grads", "image_keys", "image_payload",
+              "image_grads", "allreduce_servers", "allreduce_workers", "eval")
+
+
+class ByteCounter:
+    """Per-category byte totals of this rank."""
+
+    def __init__(self):
+        self.bytes = Counter()
+
+    def add(self, category: str, nbytes: int) -> None:
+        self.bytes[category] += int(nbytes)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self.bytes)

@@ -1,0 +1,1 @@
+"""The two roles of an hvams job: servers and workers."""

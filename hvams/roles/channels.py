@@ -1,0 +1,73 @@
+"""Channels: what a server serves per key, and how a worker routes keys.
+
+Every step moves keys worker->server, rows server->worker and (when
+training) gradients worker->server, for each channel in a fixed order. An
+ID embedding table is one channel; the image channel (AMS) plugs into the
+same flow with rows computed by the shared image model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..embedding.shard import EmbeddingShard
+from ..keys import name_salt, owner
+
+
+@dataclass
+class ChannelSpec:
+    """The worker's view of a channel: its width, dtype and key router."""
+
+    name: str
+    dim: int
+    dtype: np.dtype
+    route: Callable[[np.ndarray, int], np.ndarray]   # keys, num_servers -> server index
+    kind: str = "id"                                 # 'id' or 'image' (byte categories)
+    trainable: bool = True                           # gradients flow back
+
+    @property
+    def key_category(self) -> str:
+        return "image_keys" if self.kind == "image" else "id_keys"
+
+    @property
+    def row_category(self) -> str:
+        return "image_payload" if self.kind == "image" else "id_rows"
+
+    @property
+    def grad_category(self) -> str:
+        return "image_grads" if self.kind == "image" else "id_grads"
+
+
+def dtype_groups(specs: list[ChannelSpec]) -> list[list[int]]:
+    """Channel indices grouped by payload dtype, in channel order: one buffer each."""
+    groups: dict = {}
+    for c, spec in enumerate(specs):
+        groups.setdefault(np.dtype(spec.dtype).str, []).append(c)
+    return list(groups.values())
+
+
+def id_route(table: str):
+    salt = name_salt(table)
+    return lambda keys, num_servers: owner(keys, num_servers, salt)
+
+
+def id_channel(table: str, dim: int) -> ChannelSpec:
+    return ChannelSpec(table, dim, np.dtype(np.float32), id_route(table))
+
+
+class EmbeddingChannel:
+    """Server side of an ID table: rows from the shard, updates by its optimizer."""
+
+    def __init__(self, spec: ChannelSpec, shard: EmbeddingShard):
+        self.spec, self.shard = spec, shard
+
+    def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
+        return self.shard.gather(keys, insert=train)
+
+    def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
+        self.shard.apply(keys, grads, lr_scale)
+
+    def after_update(self) -> None:
+        """Hook for channels that synchronise among servers (the image model)."""

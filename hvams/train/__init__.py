@@ -1,0 +1,1 @@
+"""Training runs: the plain worker loop, evaluation, checkpoints, the entry point."""

@@ -1,0 +1,96 @@
+"""Checkpoints: every rank writes its files, rank 0 writes the manifest last.
+
+``RUN_DIR/ckpt-STEP/`` holds ``server-S.npz`` per server (rows, keys and
+optimizer slots of every table it owns), ``dense.pt`` (worker model and
+optimizer, identical on all workers) and ``manifest.json`` with the sha256 of
+every file and the training position. A directory without a valid manifest
+is incomplete and never loaded. Servers load every shard file and keep the
+keys they own, so a checkpoint loads on any server count.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+MANIFEST = "manifest.json"
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def ckpt_dir(run_dir: str | Path, step: int) -> Path:
+    return Path(run_dir) / f"ckpt-{step:08d}"
+
+
+def save_shards(directory: Path, server: int, shards: dict) -> dict[str, str]:
+    """Write this server's tables; return {file: sha256}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    arrays = {}
+    for table, shard in shards.items():
+        for key, value in shard.state().items():
+            arrays[f"{table}/{key}"] = value
+    path = directory / f"server-{server}.npz"
+    tmp = directory / f".server-{server}.npz.tmp"
+    with open(tmp, "wb") as fh:
+        np.savez(fh, **arrays)
+    os.replace(tmp, path)
+    return {path.name: sha256(path)}
+
+
+def write_manifest(directory: Path, files: dict[str, str], meta: dict) -> Path:
+    manifest = {"format": "hvams-checkpoint/1", "files": files, **meta}
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1, sort_keys=True))
+    os.replace(tmp, directory / MANIFEST)
+    return directory / MANIFEST
+
+
+def is_complete(directory: Path) -> bool:
+    """Manifest present and every file matches its checksum."""
+    try:
+        manifest = json.loads((directory / MANIFEST).read_text())
+        return all(sha256(directory / f) == h for f, h in manifest["files"].items())
+    except (OSError, ValueError, KeyError):
+        return False
+
+
+def latest_complete(run_dir: str | Path) -> Path | None:
+    """The newest checkpoint directory with a valid manifest."""
+    for d in sorted(Path(run_dir).glob("ckpt-*"), reverse=True):
+        if d.is_dir() and is_complete(d):
+            return d
+    return None
+
+
+def load_manifest(directory: Path) -> dict:
+    return json.loads((directory / MANIFEST).read_text())
+
+
+def load_owned_rows(directory: Path, table: str, keep) -> tuple[np.ndarray, np.ndarray, dict, int]:
+    """Rows of ``table`` from every shard file whose key ``keep(keys)`` selects."""
+    keys, rows, slots, step = [], [], {}, 0
+    for path in sorted(directory.glob("server-*.npz")):
+        with np.load(path) as z:
+            if f"{table}/keys" not in z:
+                continue
+            k = z[f"{table}/keys"]
+            mask = keep(k)
+            keys.append(k[mask])
+            rows.append(z[f"{table}/rows"][mask])
+            for name in z.files:
+                if name.startswith(f"{table}/slot_"):
+                    slots.setdefault(name.split("/slot_", 1)[1], []).append(z[name][mask])
+            step = max(step, int(z[f"{table}/step"][0]))
+    if not keys:
+        return np.zeros(0, np.int64), None, {}, 0
+    return (np.concatenate(keys), np.concatenate(rows),
+            {k: np.concatenate(v) for k, v in slots.items()}, step)

@@ -1,0 +1,244 @@
+"""Entry point of a training job: every rank runs ``run_training(cfg)``.
+
+Servers run the passive server loop; workers run the training loop and send
+the commands (train/eval/checkpoint/stop). All ranks meet at the world
+barrier in ``finish`` before exiting.
+"""
+from __future__ import annotations
+
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.reader import worker_chunks, day_files
+from ..data.schema import Schema
+from ..distributed.reports import write_report
+from ..distributed.topology import Topology, build_topology, finish
+from ..embedding.shard import EmbeddingShard
+from ..models import build_model
+from ..protocol.accounting import ByteCounter
+from ..protocol.messages import Phase
+from ..roles.channels import EmbeddingChannel, id_channel
+from ..roles.server import ServerLoop
+from ..roles.worker_client import StepClient
+from . import checkpoint as ckpt
+from .plan import lr_scale, resolve_days
+from .report import format_bytes_table, format_metrics_table, Progress
+from .worker import Position, WorkerTrainer, epoch_batches
+
+
+def install_abort_hook(topo: Topology | None = None) -> None:
+    """An uncaught exception on any rank aborts the whole MPI job (no hang)."""
+    def hook(exc_type, exc, tb):
+        from mpi4py import MPI
+
+        who = topo.describe() if topo else f"rank {MPI.COMM_WORLD.Get_rank()}"
+        sys.stderr.write(f"hvams: {who} failed: {exc_type.__name__}: {exc}\n")
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        sys.stderr.flush()
+        MPI.COMM_WORLD.Abort(1)
+
+    sys.excepthook = hook
+
+
+def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
+    """The channels of this run, in the fixed order servers and workers share."""
+    return [id_channel(t, cfg.emb_dim) for t in schema.tables]
+
+
+def _server_channels(cfg, schema, topo, specs, resume_dir):
+    shards, channels = {}, []
+    for spec in specs:
+        shard = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer, cfg.sparse_lr,
+                               cfg.seed, cfg.init_scale)
+        if resume_dir is not None:
+            me, S = topo.role_rank, topo.num_servers
+            keys, rows, slots, step = ckpt.load_owned_rows(
+                resume_dir, spec.name, lambda k: spec.route(k, S) == me)
+            if len(keys):
+                shard.load(keys, rows, slots, step)
+            shard.step = step
+        shards[spec.name] = shard
+        channels.append(EmbeddingChannel(spec, shard))
+    return shards, channels
+
+
+def _checkpoint_collect(topo: Topology, directory: Path, files: dict, meta: dict | None) -> None:
+    gathered = topo.world.gather((files, meta), root=0)
+    if topo.rank == 0:
+        all_files, all_meta = {}, {}
+        for f, m in gathered:
+            all_files.update(f)
+            all_meta.update(m or {})
+        ckpt.write_manifest(directory, all_files, all_meta)
+
+
+def _total_rows(days, topo) -> int:
+    return sum(sum(c.hi - c.lo for c in worker_chunks(day_files(d), 0, 1)) for d in days)
+
+
+def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days):
+    shards, channels = _server_channels(cfg, schema, topo, specs, resume_dir)
+    progress = None
+    if topo.role_rank == 0:
+        total = _total_rows(train_days, topo) * cfg.epochs
+        progress = Progress(total, cfg.progress, cfg.log_every)
+
+    def on_checkpoint(step):
+        d = ckpt.ckpt_dir(run_dir, step)
+        files = ckpt.save_shards(d, topo.role_rank, shards)
+        _checkpoint_collect(topo, d, files, None)
+
+    loop = ServerLoop(topo, channels, counter, lambda s: lr_scale(s, cfg), on_checkpoint,
+                      progress.update if progress else None)
+    loop.run()
+    if progress:
+        progress.close()
+    return {"server": loop.stats, "rows": {t: len(s) for t, s in shards.items()}}
+
+
+def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day):
+    model = build_model(cfg, schema)
+    client = StepClient(topo, specs, counter)
+    trainer = WorkerTrainer(cfg, schema, model, client, topo)
+    pos = Position()
+    if resume_dir is not None:
+        state = torch.load(resume_dir / "dense.pt", weights_only=False)
+        model.load_state_dict(state["model"])
+        trainer.opt.load_state_dict(state["optimizer"])
+        pos = Position(**state["position"])
+        if topo.role_rank == 0:
+            print(f"hvams: resuming from {resume_dir} at step {pos.step}", flush=True)
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def checkpoint():
+        client.command(Phase.CHECKPOINT, pos.step)
+        d = ckpt.ckpt_dir(run_dir, pos.step)
+        files, meta = {}, None
+        if topo.role_rank == 0:
+            d.mkdir(parents=True, exist_ok=True)
+            tmp = d / ".dense.pt.tmp"
+            torch.save({"model": model.state_dict(), "optimizer": trainer.opt.state_dict(),
+                        "position": vars(pos).copy()}, tmp)
+            tmp.replace(d / "dense.pt")
+            files = {"dense.pt": ckpt.sha256(d / "dense.pt")}
+            meta = {"step": pos.step, "position": vars(pos).copy(), "servers": topo.num_servers,
+                    "workers": topo.num_workers, "model": cfg.model, "config": cfg.to_dict()}
+        _checkpoint_collect(topo, d, files, meta)
+        return d
+
+    def run_eval(epoch):
+        res = trainer.evaluate_day(test_day, pos.step)
+        if res is not None:
+            record = {"epoch": epoch, "step": pos.step, "split": "test", "day": test_day.name, **res}
+            with open(metrics_path, "a") as fh:
+                fh.write(json.dumps(record) + "\n")
+            print(format_metrics_table([record], cfg.model), flush=True)
+        return res
+
+    last_ckpt = None
+    stopped = False
+    start_epoch, start_day, start_skip = pos.epoch, pos.day, pos.steps_in_day
+    for epoch in range(start_epoch, cfg.epochs):
+        first_day = start_day if epoch == start_epoch else 0
+        for d in range(first_day, len(train_days)):
+            skip = start_skip if (epoch == start_epoch and d == start_day) else 0
+            reader = trainer_reader(cfg, schema, topo, train_days[d])
+            it = epoch_batches(reader, skip)
+            pos.epoch, pos.day, pos.steps_in_day = epoch, d, skip
+            while True:
+                if cfg.max_steps is not None and pos.step >= cfg.max_steps:
+                    stopped = True
+                    break
+                if not trainer.train_step(next(it, None), pos):
+                    break
+                if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
+                    last_ckpt = (pos.step, checkpoint())
+            if stopped:
+                break
+        if stopped:
+            break
+        pos.epoch, pos.day, pos.steps_in_day = epoch + 1, 0, 0
+        run_eval(epoch)
+    if stopped:
+        run_eval(pos.epoch)
+    if last_ckpt is None or last_ckpt[0] != pos.step:
+        checkpoint()
+    client.command(Phase.STOP, pos.step)
+    losses = np.array(trainer.losses, np.float64)
+    total = np.zeros_like(losses)
+    topo.role_comm.Allreduce(losses, total)
+    return {"worker": {"samples": trainer.samples, "steps": len(losses)},
+            "losses": total.tolist(), "final_step": pos.step}
+
+
+def trainer_reader(cfg, schema, topo, day):
+    from ..data.reader import DayReader
+
+    return DayReader(day, schema, cfg.batch_size, topo.role_rank, topo.num_workers, cfg.prefetch,
+                     cfg.on_bad_row)
+
+
+def run_training(cfg: TrainConfig) -> dict | None:
+    """Run the job on this rank; world rank 0 returns the run summary."""
+    topo = build_topology(cfg.servers, cfg.placement)
+    install_abort_hook(topo)
+    schema = Schema.load(cfg.data)
+    train_days, test_day = resolve_days(cfg)
+    run_dir = Path(cfg.out)
+    if topo.rank == 0:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(run_dir / "config.yaml")
+    topo.world.Barrier()
+    resume_dir = ckpt.latest_complete(run_dir) if cfg.resume else None
+    if cfg.resume and resume_dir is None and topo.rank == 0:
+        print(f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
+    elif resume_dir is not None and topo.rank == 0:
+        print(f"hvams: --resume: latest complete checkpoint is {resume_dir.name}", flush=True)
+    specs = channel_specs(cfg, schema)
+    counter = ByteCounter()
+    torch.manual_seed(cfg.seed)
+    t0 = time.perf_counter()
+    if topo.is_server:
+        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days)
+    else:
+        result = run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days,
+                            test_day)
+    elapsed = time.perf_counter() - t0
+    result.update({"role": topo.role, "role_rank": topo.role_rank, "bytes": counter.snapshot(),
+                   "elapsed_s": elapsed})
+    gathered = topo.world.gather(result, root=0)
+    summary = None
+    if topo.rank == 0:
+        summary = summarize(gathered, cfg, topo, elapsed)
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
+        print(format_bytes_table(summary), flush=True)
+    write_report("train", topo.rank, {"role": topo.role, **{k: v for k, v in result.items()
+                                                           if k != "losses"}})
+    finish(topo)
+    return summary
+
+
+def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: float) -> dict:
+    workers = [r for r in results if r["role"] == "worker"]
+    servers = [r for r in results if r["role"] == "server"]
+    by_cat: dict[str, int] = {}
+    for r in results:
+        for k, v in r["bytes"].items():
+            by_cat[k] = by_cat.get(k, 0) + v
+    steps = servers[0]["server"]["steps"]
+    samples = sum(w["worker"]["samples"] for w in workers)
+    w0 = next(w for w in workers if w["role_rank"] == 0)
+    return {"model": cfg.model, "strategy": cfg.strategy, "servers": topo.num_servers,
+            "workers": topo.num_workers, "steps": steps, "samples": samples,
+            "elapsed_s": elapsed, "samples_per_s": samples / elapsed if elapsed else 0.0,
+            "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
+            "losses": w0["losses"], "final_step": w0["final_step"],
+            "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
+            "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}
