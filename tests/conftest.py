@@ -15,3 +15,13 @@ def tiny_world(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny") / "world"
     synthesize(out, preset("tiny"), progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def demo_world(tmp_path_factory):
+    """The `demo` synthetic world (80k samples, 3,400 images), once per session."""
+    from hvams.data.synth import preset, synthesize
+
+    out = tmp_path_factory.mktemp("demo") / "world"
+    synthesize(out, preset("demo"), progress=False)
+    return out

@@ -78,7 +78,7 @@ def run_mpi(np_: int, argv: list[str], timeout: float = 120, env: dict[str, str]
     env = dict(env or {})
     env.setdefault("HVAMS_REPORT_DIR", tempfile.mkdtemp(prefix="hvams-reports-"))
     # -x carries the report dir to every rank, also across nodes.
-    return run_job(mpirun_command(np_, argv, env=env, mpmd=mpmd), timeout, env)
+    return run_job(mpirun_command(np_, argv, env=env, mpmd=mpmd, tag_output=True), timeout, env)
 
 
 def run_horovodrun(np_: int, argv: list[str], timeout: float = 120,

@@ -7,17 +7,21 @@ import sys
 
 
 def mpirun_command(np_: int, argv: list[str], env: dict[str, str] | None = None,
-                   mpmd: list[tuple[int, dict[str, str]]] | None = None) -> list[str]:
+                   mpmd: list[tuple[int, dict[str, str]]] | None = None,
+                   tag_output: bool = False) -> list[str]:
     """``mpirun`` argv that runs ``argv`` on ``np_`` local ranks.
 
     Oversubscribed and unbound, because tests and ``--local`` runs put more
     ranks than cores on one machine. ``mpmd`` splits the ranks into groups
     with their own environment (``-np k -x VAR=... argv : ...``).
+    ``tag_output`` prefixes each line with its rank (tests parse it).
     """
     mpirun = shutil.which("mpirun") or "mpirun"
-    cmd = [mpirun, "--oversubscribe", "--bind-to", "none", "--tag-output",
+    cmd = [mpirun, "--oversubscribe", "--bind-to", "none",
            # Containers often forbid the cross-memory-attach single copy.
            "--mca", "btl_vader_single_copy_mechanism", "none"]
+    if tag_output:
+        cmd.append("--tag-output")
     if os.geteuid() == 0:
         cmd.append("--allow-run-as-root")
     for key in sorted(env or {}):
