@@ -62,7 +62,8 @@ class TrainConfig:
     image_size: int = 32
     head: list[int] | None = None        # default: the paper's 256-64 (after the backbone)
     image_lr: float = 0.001
-    feature_cache: int = 200_000         # frozen backbone outputs kept per server
+    feature_cache: int = 200_000         # frozen backbone outputs kept per rank
+    pixel_cache: int = 100_000           # decoded, resized images kept per rank
     concat_behaviors: int = 10
     max_pixels: int = 4096 * 4096
     # bookkeeping
@@ -96,6 +97,7 @@ class TrainConfig:
         need(all(d >= 1 for d in self.mlp) and self.mlp, "mlp", "needs positive layer sizes")
         need(all(d >= 1 for d in self.attention), "attention", "needs positive layer sizes")
         need(self.feature_cache >= 0, "feature_cache", "must be >= 0")
+        need(self.pixel_cache >= 0, "pixel_cache", "must be >= 0")
         return self
 
     @property

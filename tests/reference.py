@@ -16,8 +16,12 @@ from hvams.data.batch import Batch
 from hvams.data.reader import DayReader
 from hvams.data.schema import Schema
 from hvams.embedding.init import initial_rows
+from hvams.imaging.embed import PixelEmbedder
+from hvams.imaging.source import ImageSource
 from hvams.models import build_model
+from hvams.models.image import build_image_model
 from hvams.models.inputs import Inputs
+from hvams.store.lmdb_store import ImageStore
 from hvams.train.plan import lr_scale, resolve_days
 
 
@@ -63,6 +67,12 @@ class Reference:
             self.tables[t] = emb
         self.model = build_model(cfg, schema)
         self.dense_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
+        self.image_model = None
+        if cfg.uses_images:  # the image model held locally, fed straight from the store
+            self.image_model = build_image_model(cfg)
+            self.embedder = PixelEmbedder(self.image_model, cfg.feature_cache)
+            self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size)
+            self.image_opt = torch.optim.Adam(self.image_model.trainable_parameters(), lr=cfg.image_lr)
         params = list(self.tables.parameters())
         if cfg.sparse_optimizer == "adagrad":
             self.sparse_opt = torch.optim.Adagrad(params, lr=cfg.sparse_lr, eps=1e-10)
@@ -78,6 +88,13 @@ class Reference:
     def inputs(self, b: Batch) -> Inputs:
         single = {f.name: self.lookup(f.table, b.values[f.name]) for f in self.fields if not f.is_list}
         lists = {f.name: self.lookup(f.table, b.lists[f.name]) for f in self.fields if f.is_list}
+        if self.image_model is not None:
+            ad, beh = self.schema.ad_image, self.schema.behavior_image
+            keys = np.unique(np.concatenate([b.values[ad], b.lists[beh]]))
+            pixels, valid = self.source.load(keys)
+            emb = self.embedder.embed(keys, pixels, valid)
+            single[ad] = emb[torch.from_numpy(np.searchsorted(keys, b.values[ad]))]
+            lists[beh] = emb[torch.from_numpy(np.searchsorted(keys, b.lists[beh]))]
         lengths = torch.from_numpy(b.lengths)
         return Inputs(b.n, single, lists, torch.repeat_interleave(torch.arange(b.n), lengths), lengths)
 
@@ -89,6 +106,10 @@ class Reference:
                 g["lr"] = self.cfg.lr * scale
             for g in self.sparse_opt.param_groups:
                 g["lr"] = self.cfg.sparse_lr * scale
+            if self.image_model is not None:
+                for g in self.image_opt.param_groups:
+                    g["lr"] = self.cfg.image_lr * scale
+                self.image_opt.zero_grad()
             logits = self.model(self.inputs(b))
             labels = torch.from_numpy(b.values[self.schema.label].astype(np.int64))
             loss = F.cross_entropy(logits, labels, reduction="sum")
@@ -97,6 +118,8 @@ class Reference:
             (loss / b.n).backward()
             self.dense_opt.step()
             self.sparse_opt.step()
+            if self.image_model is not None:
+                self.image_opt.step()
             losses.append(float(loss.detach()))
         return losses
 

@@ -17,7 +17,7 @@ STEPS = 6
 def _dist_state(run_dir: Path):
     summary = json.loads((run_dir / "summary.json").read_text())
     ckpt = sorted(run_dir.glob("ckpt-*"))[-1]
-    dense = torch.load(ckpt / "dense.pt", weights_only=False)["model"]
+    dense = torch.load(ckpt / "dense.pt", weights_only=False)
     tables: dict[str, dict[int, np.ndarray]] = {}
     for path in ckpt.glob("server-*.npz"):
         with np.load(path) as z:
@@ -43,12 +43,33 @@ def close(got, exp, what):
                                err_msg=what)
 
 
-def train_args(data, out, servers, model="idonly", **extra):
+def train_args(data, out, servers, model="idonly", batch=64, steps=STEPS, **extra):
     args = ["train", "--data", str(data), "--out", str(out), "--servers", str(servers),
-            "--model", model, "--batch-size", "64", "--max-steps", str(STEPS), "--no-progress"]
+            "--model", model, "--batch-size", str(batch), "--max-steps", str(steps), "--no-progress"]
     for k, v in extra.items():
-        args += [f"--{k.replace('_', '-')}", str(v)]
+        if v is True:
+            args.append(f"--{k.replace('_', '-')}")
+        else:
+            args += [f"--{k.replace('_', '-')}", str(v)]
     return py("cli", *args)
+
+
+def check_against_reference(world, out, workers, steps, summary, dense, tables, **cfg_kw):
+    cfg = TrainConfig(data=str(world), max_steps=steps, **cfg_kw)
+    schema = Schema.load(world)
+    ref = Reference(cfg, schema, global_batches(cfg, schema, workers, steps))
+    ref_losses = ref.train()
+    assert summary["steps"] == steps and len(summary["losses"]) == steps
+    np.testing.assert_allclose(summary["losses"], ref_losses, rtol=1e-5)
+    for name, value in ref.model.state_dict().items():
+        close(dense["model"][name].numpy(), value.numpy(), name)
+    for t in ref.keys:
+        want = ref.table_rows(t)
+        assert set(tables[t]) == set(want), t
+        got = np.stack([tables[t][k] for k in sorted(want)])
+        exp = np.stack([want[k] for k in sorted(want)])
+        close(got, exp, t)
+    return ref
 
 
 @pytest.mark.parametrize("servers,workers,model,opt", [
@@ -60,20 +81,42 @@ def test_distributed_equals_reference(tiny_world, tmp_path, servers, workers, mo
                                                 sparse_optimizer=opt), timeout=240)
     assert res.returncode == 0, res.output[-4000:]
     summary, dense, tables = _dist_state(out)
-    cfg = TrainConfig(data=str(tiny_world), model=model, batch_size=64, max_steps=STEPS,
-                      sparse_optimizer=opt)
-    schema = Schema.load(tiny_world)
-    ref = Reference(cfg, schema, global_batches(cfg, schema, workers, STEPS))
-    ref_losses = ref.train()
-    assert summary["steps"] == STEPS and len(summary["losses"]) == STEPS
-    np.testing.assert_allclose(summary["losses"], ref_losses, rtol=1e-5)
-    for name, value in ref.model.state_dict().items():
-        close(dense[name].numpy(), value.numpy(), name)
-    for t in ref.keys:
-        want = ref.table_rows(t)
-        assert set(tables[t]) == set(want), t
-        got = np.stack([tables[t][k] for k in sorted(want)])
-        exp = np.stack([want[k] for k in sorted(want)])
-        close(got, exp, t)
-    # every server holds only the keys it owns
+    check_against_reference(tiny_world, out, workers, STEPS, summary, dense, tables, model=model,
+                            batch_size=64, sparse_optimizer=opt)
     assert len(summary["server_rows"]) == servers
+
+
+IMG_STEPS = 4
+# every strategy on every topology (mqap), every aggregator and din+img on (2, 2), and
+# the frozen backbone with its feature cache on the servers and on the workers.
+IMAGE_CASES = (
+    [(s, w, "dicm", "mqap", strat, False) for strat in ("ams", "store-in-server", "store-in-worker")
+     for s, w in ((1, 1), (2, 2), (1, 3), (3, 1))]
+    + [(2, 2, "dicm", agg, "ams", False) for agg in ("attentive", "sum", "max", "concat")]
+    + [(2, 2, "din+img", "mqap", "ams", False),
+       (2, 2, "dicm", "mqap", "ams", True), (2, 2, "dicm", "mqap", "store-in-server", True)])
+
+
+@pytest.mark.parametrize("servers,workers,model,agg,strategy,frozen", IMAGE_CASES)
+def test_dicm_equals_reference(tiny_world, tmp_path, servers, workers, model, agg, strategy, frozen):
+    out = tmp_path / "run"
+    extra = {"aggregator": agg, "strategy": strategy}
+    if frozen:
+        extra["freeze_backbone"] = True
+    res = run_mpi(servers + workers, train_args(tiny_world, out, servers, model, batch=32,
+                                                steps=IMG_STEPS, **extra), timeout=300)
+    assert res.returncode == 0, res.output[-4000:]
+    summary, dense, tables = _dist_state(out)
+    ref = check_against_reference(tiny_world, out, workers, IMG_STEPS, summary, dense, tables,
+                                  model=model, batch_size=32, aggregator=agg, strategy=strategy,
+                                  freeze_backbone=frozen)
+    # the shared image model: identical on every rank that holds it, and equal to the reference
+    ckpt = sorted(out.glob("ckpt-*"))[-1]
+    state = (torch.load(ckpt / "image.pt", weights_only=False)["model"] if strategy == "ams"
+             else dense["image_model"])
+    for name, value in ref.image_model.state_dict().items():
+        close(state[name].numpy(), value.numpy(), "image_model." + name)
+    assert len(summary["images"]["model_sha256"]) == 1, summary["images"]["model_sha256"]
+    img = summary["images"]
+    assert img["missing"] == img["corrupt"] == 0
+    assert img["requested"] == img["served"]

@@ -16,7 +16,12 @@ class IdOnly(nn.Module):
         super().__init__()
         self.single = [f.name for f in schema.fields if f.kind == "id"]
         self.pooled = [f.name for f in schema.fields if f.kind == "id_list"]
+        self.dim = dim
         self.tower = mlp(dim * (len(self.single) + len(self.pooled)), hidden, 2)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim * (len(self.single) + len(self.pooled))
 
     def features(self, inp: Inputs) -> list[torch.Tensor]:
         return [inp.single[f] for f in self.single] + [
@@ -42,8 +47,11 @@ class DIN(IdOnly):
         self.key_fields = [b.name for _, b in pairs]
         self.pooled = [f for f in self.pooled if f not in self.key_fields]
         self.attn = AttentivePooling(dim * len(pairs), attention)
-        width = dim * (len(self.single) + len(self.pooled) + len(pairs))
-        self.tower = mlp(width, hidden, 2)
+        self.tower = mlp(self.feature_dim, hidden, 2)
+
+    @property
+    def feature_dim(self) -> int:
+        return self.dim * (len(self.single) + len(self.pooled) + len(self.query_fields))
 
     def features(self, inp: Inputs) -> list[torch.Tensor]:
         q = torch.cat([inp.single[f] for f in self.query_fields], dim=1)

@@ -18,6 +18,8 @@ def build_model(cfg: TrainConfig, schema: Schema) -> nn.Module:
         return IdOnly(schema, cfg.emb_dim, cfg.mlp)
     if cfg.model == "din":
         return DIN(schema, cfg.emb_dim, cfg.mlp, cfg.attention)
-    from .dicm import build_image_model  # noqa: F401  (issue: AMS proper)
+    from .dicm import DICM
 
-    raise ValueError(f"model {cfg.model!r} is not available yet")
+    id_part = "din" if cfg.model == "din+img" else "idonly"
+    return DICM(schema, cfg.emb_dim, cfg.mlp, cfg.attention, cfg.aggregator, cfg.concat_behaviors,
+                id_part)

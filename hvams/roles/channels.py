@@ -57,6 +57,15 @@ def id_channel(table: str, dim: int) -> ChannelSpec:
     return ChannelSpec(table, dim, np.dtype(np.float32), id_route(table))
 
 
+def image_channel(num_partitions: int, dim: int, dtype=np.float32, trainable: bool = True
+                  ) -> ChannelSpec:
+    """The image channel: keys go to the server owning their store partition."""
+    from ..store.partition import server_of_image
+
+    return ChannelSpec("image", dim, np.dtype(dtype),
+                       lambda keys, S: server_of_image(keys, num_partitions, S), "image", trainable)
+
+
 class EmbeddingChannel:
     """Server side of an ID table: rows from the shard, updates by its optimizer."""
 
@@ -69,5 +78,5 @@ class EmbeddingChannel:
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
         self.shard.apply(keys, grads, lr_scale)
 
-    def after_update(self) -> None:
+    def after_update(self, lr_scale: float) -> None:
         """Hook for channels that synchronise among servers (the image model)."""

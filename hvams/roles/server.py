@@ -38,7 +38,9 @@ class ServerLoop:
         self.lr_scale_fn = lr_scale_fn
         self.on_checkpoint, self.on_step = on_checkpoint, on_step
         self.workers = np.array(topo.worker_ranks)
-        self.stats = {"steps": 0, "eval_steps": 0, "samples": 0, "serve_s": 0.0, "update_s": 0.0}
+        self.stats = {"steps": 0, "eval_steps": 0, "samples": 0, "serve_s": 0.0, "update_s": 0.0,
+                      "requested": {ch.spec.name: 0 for ch in channels},
+                      "unique": {ch.spec.name: 0 for ch in channels}}
 
     def run(self) -> None:
         while self.step():
@@ -65,6 +67,8 @@ class ServerLoop:
         for c, ch in enumerate(self.channels):
             per_src = [keys[s][c] for s in range(self.topo.size)]
             u, inv = np.unique(np.concatenate(per_src), return_inverse=True)
+            self.stats["requested"][ch.spec.name] += len(inv)
+            self.stats["unique"][ch.spec.name] += len(u)
             rows = ch.serve(u, train).reshape(len(u), ch.spec.dim)
             uniq.append(u)
             inverse.append(inv)
@@ -123,7 +127,7 @@ class ServerLoop:
             _index_add(summed, inverse[c], g)
             ch.update(uniq[c], summed, scale)
         for ch in self.channels:
-            ch.after_update()
+            ch.after_update(scale)
 
 
 def _index_add(out: np.ndarray, index: np.ndarray, values: np.ndarray) -> None:

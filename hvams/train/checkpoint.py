@@ -46,6 +46,17 @@ def save_shards(directory: Path, server: int, shards: dict) -> dict[str, str]:
     return {path.name: sha256(path)}
 
 
+def save_torch(directory: Path, name: str, obj) -> dict[str, str]:
+    """torch.save atomically; return {file: sha256}."""
+    import torch
+
+    directory.mkdir(parents=True, exist_ok=True)
+    tmp = directory / f".{name}.tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, directory / name)
+    return {name: sha256(directory / name)}
+
+
 def write_manifest(directory: Path, files: dict[str, str], meta: dict) -> Path:
     manifest = {"format": "hvams-checkpoint/1", "files": files, **meta}
     tmp = directory / (MANIFEST + ".tmp")

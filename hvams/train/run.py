@@ -24,7 +24,13 @@ from ..embedding.shard import EmbeddingShard
 from ..models import build_model
 from ..protocol.accounting import ByteCounter
 from ..protocol.messages import Phase
-from ..roles.channels import EmbeddingChannel, id_channel
+from ..imaging.embed import PixelEmbedder
+from ..imaging.local import LocalImages
+from ..imaging.source import ImageSource
+from ..models.image import build_image_model
+from ..roles.channels import EmbeddingChannel, id_channel, image_channel
+from ..roles.image_channels import AmsImageChannel, PixelChannel
+from ..store.lmdb_store import ImageStore, read_manifest
 from ..roles.server import ServerLoop
 from ..roles.worker_client import StepClient
 from . import checkpoint as ckpt
@@ -49,12 +55,43 @@ def install_abort_hook(topo: Topology | None = None) -> None:
 
 def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
     """The channels of this run, in the fixed order servers and workers share."""
-    return [id_channel(t, cfg.emb_dim) for t in schema.tables]
+    specs = [id_channel(t, cfg.emb_dim) for t in schema.tables]
+    if cfg.uses_images and cfg.strategy != "store-in-worker":
+        P = read_manifest(cfg.images_dir)["partitions"]
+        if cfg.strategy == "ams":
+            specs.append(image_channel(P, cfg.emb_dim))
+        elif cfg.freeze_backbone:      # store-in-server: cached backbone features + flag
+            specs.append(image_channel(P, _feature_dim(cfg) + 1, np.float32, trainable=False))
+        else:                          # store-in-server: decoded pixels + validity byte
+            specs.append(image_channel(P, 3 * cfg.image_size ** 2 + 1, np.uint8, trainable=False))
+    return specs
 
 
-def _server_channels(cfg, schema, topo, specs, resume_dir):
+def _feature_dim(cfg: TrainConfig) -> int:
+    return build_image_model(cfg).feature_dim
+
+
+def _image_source(cfg: TrainConfig, server: int | None, num_servers: int) -> ImageSource:
+    store = ImageStore(cfg.images_dir, server=server, num_servers=num_servers)
+    return ImageSource(store, cfg.image_size, cfg.pixel_cache, cfg.max_pixels)
+
+
+def _server_channels(cfg, schema, topo, specs, resume_dir, counter):
     shards, channels = {}, []
     for spec in specs:
+        if spec.name == "image":
+            source = _image_source(cfg, topo.role_rank, topo.num_servers)
+            if cfg.strategy == "ams":
+                embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+                ch = AmsImageChannel(spec, source, embedder, topo, counter, cfg.image_lr)
+                if resume_dir is not None and (resume_dir / "image.pt").exists():
+                    ch.load(torch.load(resume_dir / "image.pt", weights_only=False))
+            else:
+                embedder = (PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+                            if cfg.freeze_backbone else None)
+                ch = PixelChannel(spec, source, embedder)
+            channels.append(ch)
+            continue
         shard = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer, cfg.sparse_lr,
                                cfg.seed, cfg.init_scale)
         if resume_dir is not None:
@@ -84,7 +121,8 @@ def _total_rows(days, topo) -> int:
 
 
 def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days):
-    shards, channels = _server_channels(cfg, schema, topo, specs, resume_dir)
+    shards, channels = _server_channels(cfg, schema, topo, specs, resume_dir, counter)
+    image = next((ch for ch in channels if isinstance(ch, (AmsImageChannel, PixelChannel))), None)
     progress = None
     if topo.role_rank == 0:
         total = _total_rows(train_days, topo) * cfg.epochs
@@ -93,6 +131,8 @@ def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     def on_checkpoint(step):
         d = ckpt.ckpt_dir(run_dir, step)
         files = ckpt.save_shards(d, topo.role_rank, shards)
+        if topo.role_rank == 0 and isinstance(image, AmsImageChannel):
+            files.update(ckpt.save_torch(d, "image.pt", image.state()))
         _checkpoint_collect(topo, d, files, None)
 
     loop = ServerLoop(topo, channels, counter, lambda s: lr_scale(s, cfg), on_checkpoint,
@@ -100,17 +140,44 @@ def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     loop.run()
     if progress:
         progress.close()
-    return {"server": loop.stats, "rows": {t: len(s) for t, s in shards.items()}}
+    out = {"server": loop.stats, "rows": {t: len(s) for t, s in shards.items()}}
+    if image is not None:
+        out["images"] = image.stats()
+        if isinstance(image, AmsImageChannel):
+            out["image_model_sha256"] = state_digest(image.embedder.model.state_dict())
+    return out
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over a state dict's tensors (bit-identity checks across ranks)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _local_images(cfg: TrainConfig) -> LocalImages | None:
+    if not cfg.uses_images or cfg.strategy == "ams":
+        return None
+    embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+    source = _image_source(cfg, None, 1) if cfg.strategy == "store-in-worker" else None
+    return LocalImages(embedder, cfg.image_size, source)
 
 
 def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day):
     model = build_model(cfg, schema)
     client = StepClient(topo, specs, counter)
-    trainer = WorkerTrainer(cfg, schema, model, client, topo)
+    local = _local_images(cfg)
+    trainer = WorkerTrainer(cfg, schema, model, client, topo, local)
     pos = Position()
     if resume_dir is not None:
         state = torch.load(resume_dir / "dense.pt", weights_only=False)
         model.load_state_dict(state["model"])
+        if local is not None:
+            local.model.load_state_dict(state["image_model"])
         trainer.opt.load_state_dict(state["optimizer"])
         pos = Position(**state["position"])
         if topo.role_rank == 0:
@@ -125,7 +192,8 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
             d.mkdir(parents=True, exist_ok=True)
             tmp = d / ".dense.pt.tmp"
             torch.save({"model": model.state_dict(), "optimizer": trainer.opt.state_dict(),
-                        "position": vars(pos).copy()}, tmp)
+                        "position": vars(pos).copy(),
+                        "image_model": local.model.state_dict() if local else None}, tmp)
             tmp.replace(d / "dense.pt")
             files = {"dense.pt": ckpt.sha256(d / "dense.pt")}
             meta = {"step": pos.step, "position": vars(pos).copy(), "servers": topo.num_servers,
@@ -174,8 +242,12 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     losses = np.array(trainer.losses, np.float64)
     total = np.zeros_like(losses)
     topo.role_comm.Allreduce(losses, total)
-    return {"worker": {"samples": trainer.samples, "steps": len(losses)},
-            "losses": total.tolist(), "final_step": pos.step}
+    out = {"worker": {"samples": trainer.samples, "steps": len(losses)},
+           "losses": total.tolist(), "final_step": pos.step}
+    if local is not None:
+        out["images"] = local.stats()
+        out["image_model_sha256"] = state_digest(local.model.state_dict())
+    return out
 
 
 def trainer_reader(cfg, schema, topo, day):
@@ -225,6 +297,26 @@ def run_training(cfg: TrainConfig) -> dict | None:
     return summary
 
 
+def image_summary(servers: list[dict], workers: list[dict]) -> dict | None:
+    """Image counters over all ranks: requested = served + missing + corrupt."""
+    holders = [r for r in servers + workers if r.get("images")]
+    if not holders:
+        return None
+    keys = ("requested", "served", "decoded", "missing", "corrupt", "backbone_runs")
+    out = {k: sum(r["images"].get(k, 0) for r in holders) for k in keys}
+    out["unique_per_server_total"] = sum(s["server"]["unique"].get("image", 0) for s in servers)
+    out["requested_by_workers_total"] = sum(s["server"]["requested"].get("image", 0) for s in servers)
+    pc = [r["images"]["pixel_cache"] for r in holders if "pixel_cache" in r["images"]]
+    hits, misses = sum(p["hits"] for p in pc), sum(p["misses"] for p in pc)
+    out["pixel_cache_hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+    fc = [r["images"]["feature_cache"] for r in holders if "feature_cache" in r["images"]]
+    fh, fm = sum(f["hits"] for f in fc), sum(f["misses"] for f in fc)
+    out["feature_cache_hit_rate"] = fh / (fh + fm) if fh + fm else None
+    out["model_sha256"] = sorted({r["image_model_sha256"] for r in holders if r.get("image_model_sha256")})
+    out["bad_examples"] = [e for r in holders for e in r["images"].get("bad_examples", [])][:10]
+    return out
+
+
 def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: float) -> dict:
     workers = [r for r in results if r["role"] == "worker"]
     servers = [r for r in results if r["role"] == "server"]
@@ -241,4 +333,5 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
             "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
             "losses": w0["losses"], "final_step": w0["final_step"],
             "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
+            "images": image_summary(servers, workers),
             "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}

@@ -48,16 +48,26 @@ class WorkerTrainer:
     """Model, optimizer and step logic of one worker."""
 
     def __init__(self, cfg: TrainConfig, schema: Schema, model: torch.nn.Module,
-                 client: StepClient, topo, distributed_optimizer: bool = True):
+                 client: StepClient, topo, local_images=None):
         self.cfg, self.schema, self.model, self.client, self.topo = cfg, schema, model, client, topo
         self.names = [c.name for c in client.channels]
-        self.with_images = "image" in self.names
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-        if distributed_optimizer:
-            import horovod.torch as hvd
+        self.with_images = cfg.uses_images
+        self.local_images = local_images
+        groups = [{"params": list(model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
+        named = list(model.named_parameters())
+        if local_images is not None:
+            # The image model trains here (store-in-server / store-in-worker):
+            # same Adam and lr as on the servers under AMS.
+            groups.append({"params": local_images.parameters(), "lr": cfg.image_lr,
+                           "base_lr": cfg.image_lr})
+            named += [(f"image_model.{n}", p) for n, p in local_images.model.named_parameters()
+                      if p.requires_grad]
+        self.params = [p for g in groups for p in g["params"]]
+        opt = torch.optim.Adam(groups)
+        import horovod.torch as hvd
 
-            opt = hvd.DistributedOptimizer(opt, named_parameters=model.named_parameters(),
-                                           op=hvd.Sum, process_set=topo.worker_set)
+        opt = hvd.DistributedOptimizer(opt, named_parameters=named, op=hvd.Sum,
+                                       process_set=topo.worker_set)
         self.opt = opt
         self.losses: list[float] = []      # this worker's loss sums, one per step
         self.samples = 0
@@ -72,26 +82,31 @@ class WorkerTrainer:
             if spec.trainable:
                 rows[c].requires_grad_(True)
         for group in self.opt.param_groups:
-            group["lr"] = self.cfg.lr * lr_scale(pos.step, self.cfg)
+            group["lr"] = group["base_lr"] * lr_scale(pos.step, self.cfg)
         self.opt.zero_grad()
         if batch is not None and batch.n:
-            inputs = build_inputs(batch, dict(zip(self.names, rows)), self.schema, self.with_images)
-            logits = self.model(inputs)
+            logits = self.model(self._inputs(batch, rows))
             loss_sum = F.cross_entropy(logits, labels_of(batch, self.schema), reduction="sum")
         else:
             # No samples here this step: zero gradients still join the allreduce.
-            loss_sum = sum(p.sum() for p in self.model.parameters()) * 0.0
+            loss_sum = sum(p.sum() for p in self.params) * 0.0
         (loss_sum / global_n).backward()
         self.client.push([r.grad if r.requires_grad else None for r in rows])
         if self.topo.num_workers > 1:
             self.client.counter.add("allreduce_workers", sum(
-                p.grad.numel() * p.grad.element_size() for p in self.model.parameters()))
+                p.grad.numel() * p.grad.element_size() for p in self.params))
         self.opt.step()
         self.losses.append(float(loss_sum.detach()))
         self.samples += n
         pos.step += 1
         pos.steps_in_day += 1
         return True
+
+    def _inputs(self, batch: Batch, rows: list[torch.Tensor]):
+        row_map = dict(zip(self.names, rows))
+        if self.local_images is not None:
+            row_map["image"] = self.local_images.embed(batch.image_keys, row_map.get("image"))
+        return build_inputs(batch, row_map, self.schema, self.with_images)
 
     @torch.no_grad()
     def evaluate_day(self, day, step: int) -> dict | None:
@@ -110,8 +125,7 @@ class WorkerTrainer:
                 break
             if batch is None or not n:
                 continue
-            inputs = build_inputs(batch, dict(zip(self.names, rows)), s, self.with_images)
-            prob = torch.softmax(self.model(inputs), dim=1)[:, 1].numpy()
+            prob = torch.softmax(self.model(self._inputs(batch, rows)), dim=1)[:, 1].numpy()
             cols["label"].append(batch.values[s.label])
             cols["prob"].append(prob)
             cols["user"].append(batch.values[s.user])

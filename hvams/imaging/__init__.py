@@ -1,0 +1,1 @@
+"""From image keys to embeddings: load, decode, cache, embed (any strategy)."""

@@ -1,0 +1,129 @@
+"""The shared image model: ``ImageEmbedder = backbone + head`` -> 12-d embedding.
+
+Backbones: ``small-cnn`` (trainable from scratch, no batch norm, so it does not
+depend on how images are split among servers) and torchvision's ``resnet18``,
+``vgg16`` (cut at fc6 -> 4096-d, as in the paper) and ``mobilenet_v3_small``,
+with weights from a local file or random, frozen or trainable. Batch norm
+layers of torchvision backbones always use their running statistics, for the
+same reason. The head is an MLP, by default the paper's 256-64-12 on top of
+the backbone features.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .layers import mlp
+
+PAPER_HEAD = [256, 64]
+
+
+class SmallCNN(nn.Module):
+    """Three strided conv layers and global pooling: 64-d features, cheap on a CPU."""
+
+    out_dim = 64
+
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 16, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class _Torchvision(nn.Module):
+    def __init__(self, body: nn.Module, out_dim: int):
+        super().__init__()
+        self.body, self.out_dim = body, out_dim
+
+    def forward(self, x):
+        return self.body(x)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        for m in self.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()  # running statistics: independent of the image split
+        return self
+
+
+def torchvision_backbone(name: str, weights: str | None) -> nn.Module:
+    """A torchvision backbone cut before its classifier (vgg16: after fc6)."""
+    import torchvision.models as tvm
+
+    if name == "resnet18":
+        net = tvm.resnet18(weights=None)
+        full = net
+        net.fc = nn.Identity()
+        body, dim = net, 512
+    elif name == "vgg16":
+        full = tvm.vgg16(weights=None)
+        # conv1..conv5, pool, flatten, fc6 + ReLU: the paper's fixed 4096-d part
+        body = nn.Sequential(full.features, full.avgpool, nn.Flatten(), full.classifier[0],
+                             full.classifier[1])
+        dim = 4096
+    elif name == "mobilenet_v3_small":
+        full = tvm.mobilenet_v3_small(weights=None)
+        body = nn.Sequential(full.features, full.avgpool, nn.Flatten())
+        dim = 576
+    else:
+        raise ValueError(f"unknown backbone {name!r}")
+    if weights:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        missing, unexpected = full.load_state_dict(state, strict=False)
+        useful = [k for k in missing if not k.startswith(("fc.", "classifier.3", "classifier.6"))]
+        if useful:
+            raise ValueError(f"{weights}: weights for {name} lack {useful[:5]}...")
+    return _Torchvision(body, dim)
+
+
+class ImageEmbedder(nn.Module):
+    """backbone -> head -> ``out_dim`` embedding, plus a learned missing-image row."""
+
+    def __init__(self, backbone: str = "small-cnn", head: list[int] | None = None,
+                 out_dim: int = 12, weights: str | None = None, frozen: bool = False):
+        super().__init__()
+        self.backbone = SmallCNN() if backbone == "small-cnn" else torchvision_backbone(backbone, weights)
+        self.frozen = frozen
+        if frozen:
+            self.backbone.requires_grad_(False)
+        hidden = PAPER_HEAD if head is None else head
+        self.head = mlp(self.backbone.out_dim, hidden, out_dim)
+        self.missing = nn.Parameter(torch.zeros(out_dim))
+        self.out_dim = out_dim
+
+    @property
+    def feature_dim(self) -> int:
+        return self.backbone.out_dim
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """Backbone output; without autograd when the backbone is frozen."""
+        if self.frozen:
+            was = self.backbone.training
+            self.backbone.eval()
+            with torch.no_grad():
+                out = self.backbone(images)
+            self.backbone.train(was)
+            return out
+        return self.backbone(images)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(images))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+
+def build_image_model(cfg) -> ImageEmbedder:
+    """The shared image model of ``cfg``, identical on every rank (seeded apart
+    from the worker model, so every strategy starts from the same weights)."""
+    gen_state = torch.random.get_rng_state()
+    torch.manual_seed(cfg.seed + 7919)
+    model = ImageEmbedder(cfg.backbone, cfg.head, cfg.emb_dim, cfg.backbone_weights,
+                          cfg.freeze_backbone)
+    torch.random.set_rng_state(gen_state)
+    return model

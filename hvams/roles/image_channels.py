@@ -1,0 +1,95 @@
+"""Server-side image channels: what a server sends for an image key.
+
+``AmsImageChannel`` (strategy ``ams``): the 12-d embedding from the shared
+image model, kept with its graph; the returned gradients are back-propagated,
+the parameter gradients allreduced (Sum) among servers with Horovod, and the
+same Adam step taken on every server, so all servers keep one model.
+
+``PixelChannel`` (strategy ``store-in-server``): the decoded, resized pixels
+(uint8, plus a validity byte), or with a frozen backbone the cached backbone
+features (float32, plus a validity flag). Workers run the image model.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..imaging.embed import PixelEmbedder
+from ..imaging.source import ImageSource
+from .channels import ChannelSpec
+
+
+class AmsImageChannel:
+    def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder, topo,
+                 counter, lr: float):
+        self.spec, self.source, self.embedder, self.topo, self.counter = spec, source, embedder, topo, counter
+        self.params = embedder.model.trainable_parameters()
+        self.opt = torch.optim.Adam(self.params, lr=lr)
+        self.lr = lr
+        self._out = None
+
+    def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
+        pixels, valid = self.source.load(keys)
+        if train:
+            self._out = self.embedder.embed(keys, pixels, valid)
+            return self._out.detach().numpy()
+        with torch.no_grad():
+            return self.embedder.embed(keys, pixels, valid).numpy()
+
+    def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
+        if len(keys):
+            self._out.backward(torch.from_numpy(grads))
+        self._out = None
+
+    def after_update(self, lr_scale: float) -> None:
+        """Allreduce the image model's gradients among servers, then step (every server)."""
+        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        if self.topo.num_servers > 1:
+            import horovod.torch as hvd
+
+            self.counter.add("allreduce_servers", sum(g.numel() * g.element_size() for g in grads))
+            grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
+                                          name="image_model_grads")
+        for p, g in zip(self.params, grads):
+            p.grad = g
+        for group in self.opt.param_groups:
+            group["lr"] = self.lr * lr_scale
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+
+    def state(self) -> dict:
+        return {"model": self.embedder.model.state_dict(), "optimizer": self.opt.state_dict()}
+
+    def load(self, state: dict) -> None:
+        self.embedder.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+
+    def stats(self) -> dict:
+        return {**self.source.stats(), **self.embedder.stats()}
+
+
+class PixelChannel:
+    """store-in-server: pixels or frozen-backbone features go to the workers."""
+
+    def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder | None):
+        self.spec, self.source, self.embedder = spec, source, embedder
+
+    def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
+        pixels, valid = self.source.load(keys)
+        if self.embedder is not None:  # frozen backbone: features, computed once per key
+            feats = self.embedder.backbone_features(keys, pixels, valid).numpy()
+            return np.concatenate([feats, valid[:, None].astype(np.float32)], axis=1)
+        flat = pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy()
+        return np.concatenate([flat, valid[:, None].astype(np.uint8)], axis=1)
+
+    def update(self, keys, grads, lr_scale) -> None:
+        raise RuntimeError("store-in-server image payloads take no gradients")
+
+    def after_update(self, lr_scale: float) -> None:
+        pass
+
+    def stats(self) -> dict:
+        out = self.source.stats()
+        if self.embedder is not None:
+            out.update(self.embedder.stats())
+        return out
