@@ -37,7 +37,11 @@ def _rank() -> int:
 @click.option("--aggregator", type=click.Choice(["mqap", "attentive", "sum", "max", "concat"]))
 @click.option("--strategy", type=click.Choice(["ams", "store-in-server", "store-in-worker"]))
 @click.option("--backbone", type=click.Choice(["small-cnn", "resnet18", "vgg16", "mobilenet_v3_small"]))
-@click.option("--freeze-backbone/--train-backbone", default=None)
+@click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+              help="Backbone weights (state dict), e.g. DATA/backbone/small-cnn.pt.")
+@click.option("--freeze-backbone/--train-backbone", default=None,
+              help="Keep the backbone fixed (features cached per image) and train the head.")
+@click.option("--image-lr", type=float, help="Learning rate of the shared image model.")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every K steps (0: at the end only).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
 @click.option("--on-bad-row", type=click.Choice(["error", "skip"]))

@@ -38,6 +38,7 @@ from .render import ATTRIBUTES, encode, render
 from .schema import default_schema
 
 N_AGE, N_GENDER, N_CITY, N_POS, N_HOUR = 7, 2, 4, 10, 24
+BACKBONE_FILE = "backbone/small-cnn.pt"
 N_COMBOS = math.prod(ATTRIBUTES.values())
 
 
@@ -48,7 +49,7 @@ class WorldConfig:
     seed: int = 0
     users: int = 3000
     items: int = 4000
-    ads: int = 1500
+    ads: int = 4000                      # a long tail of ads, ~15 impressions each
     categories: int = 30
     brands: int = 150
     shops: int = 250
@@ -67,14 +68,18 @@ class WorldConfig:
     chunk_rows: int = 50_000
     # logit terms
     bias: float = -2.3
-    ad_quality_std: float = 0.5
-    appeal_std: float = 0.5
+    ad_quality_std: float = 0.3
+    appeal_std: float = 0.7
     taste_std: float = 0.45
     taste_favourites: float = 1.2
     category_affinity: float = 0.7
     gender_lean_std: float = 0.3
     position_effect: float = 0.08
     behavior_visual_temp: float = 0.5
+    # the pretrained backbone (stand-in for ImageNet weights); 0 images = none
+    pretrain_images: int = 20000
+    pretrain_epochs: int = 6
+    pretrain_size: int = 32
 
     def __post_init__(self):
         if self.ads > self.items:
@@ -91,9 +96,10 @@ class WorldConfig:
 
 PRESETS = {
     "tiny": WorldConfig(users=300, items=600, ads=200, categories=12, brands=40, shops=60,
-                        train_days=2, samples_per_day=2000, partitions=8, row_group_size=512),
+                        train_days=2, samples_per_day=2000, partitions=8, row_group_size=512,
+                        pretrain_images=1000, pretrain_epochs=1),
     "demo": WorldConfig(),
-    "bench": WorldConfig(users=60_000, items=60_000, ads=20_000, categories=60, brands=800,
+    "bench": WorldConfig(users=60_000, items=60_000, ads=60_000, categories=60, brands=800,
                          shops=1500, train_days=4, samples_per_day=250_000),
 }
 
@@ -379,6 +385,15 @@ def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
     summary = ingest(world.image_rows(), out / "images", num_partitions=cfg.partitions,
                      check=True, progress=progress)
     _write_truth(world, out)
+    pretrained = None
+    if cfg.pretrain_images:
+        from ..models.pretrain import pretrain_small_cnn
+
+        (out / "backbone").mkdir()
+        pretrained = pretrain_small_cnn(
+            str(out / BACKBONE_FILE), cfg.pretrain_images, cfg.pretrain_epochs, cfg.pretrain_size,
+            cfg.image_size, seed=1_000_003 + cfg.seed,
+            log=(lambda m: print(m, flush=True)) if progress else (lambda m: None))
     y, p, u = map(np.concatenate, (test_labels, test_p, test_users))
     info = {
         "format": "hvams-synthetic-world/1",
@@ -391,6 +406,7 @@ def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
                   "images": world.n_images, "images_stored": summary["store_images"],
                   "test_new_ad_share": test_new / cfg.samples_per_day},
         "oracle": {"test_auc": auc(y, p), "test_gauc": gauc(y, p, u)},
+        "pretrained_backbone": ({"file": BACKBONE_FILE, **pretrained} if pretrained else None),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
     (out / "world.json").write_text(json.dumps(info, indent=1))

@@ -87,7 +87,12 @@ class ImageEmbedder(nn.Module):
     def __init__(self, backbone: str = "small-cnn", head: list[int] | None = None,
                  out_dim: int = 12, weights: str | None = None, frozen: bool = False):
         super().__init__()
-        self.backbone = SmallCNN() if backbone == "small-cnn" else torchvision_backbone(backbone, weights)
+        if backbone == "small-cnn":
+            self.backbone = SmallCNN()
+            if weights:
+                self.backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        else:
+            self.backbone = torchvision_backbone(backbone, weights)
         self.frozen = frozen
         if frozen:
             self.backbone.requires_grad_(False)
