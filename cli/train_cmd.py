@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 import sys
 
 import click
@@ -46,6 +45,8 @@ def _rank() -> int:
 @click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
 @click.option("--on-bad-row", type=click.Choice(["error", "skip"]))
 @click.option("--no-progress", "progress", flag_value=False, default=None)
+@click.option("--step-timeout", type=float,
+              help="Seconds without progress before a rank aborts the job (fail fast).")
 @click.option("--local", "local_np", type=int, help="Start mpirun with N ranks on this machine.")
 def train(config_path, local_np, **flags):
     """Train a CTR model on servers + workers (run under mpirun/horovodrun/srun).
@@ -65,13 +66,14 @@ def train(config_path, local_np, **flags):
             click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
     if local_np:
-        from hvams.distributed.launch import local_env, mpirun_command
+        from hvams.distributed.launch import run_local
 
         os.makedirs(cfg.out, exist_ok=True)
         resolved = os.path.join(cfg.out, "config.requested.yaml")
         cfg.save(resolved)
         argv = [sys.executable, "-m", "cli", "train", "--config", resolved]
-        raise SystemExit(subprocess.call(mpirun_command(local_np, argv, env=local_env())))
+        code = run_local(local_np, argv, os.path.join(cfg.out, "topology.json"))
+        raise SystemExit(1 if code else 0)
     from hvams.train.run import run_training
 
     run_training(cfg)

@@ -71,6 +71,7 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     log_every: int = 50
+    step_timeout: float = 600.0          # seconds without progress before a rank aborts the job
 
     def validate(self) -> "TrainConfig":
         def need(cond, key, msg):
@@ -94,6 +95,7 @@ class TrainConfig:
         need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be at least 1")
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        need(self.step_timeout >= 0, "step_timeout", "must be >= 0 (0 = no watchdog)")
         need(all(d >= 1 for d in self.mlp) and self.mlp, "mlp", "needs positive layer sizes")
         need(all(d >= 1 for d in self.attention), "attention", "needs positive layer sizes")
         need(self.feature_cache >= 0, "feature_cache", "must be >= 0")

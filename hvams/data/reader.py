@@ -108,6 +108,7 @@ class DayReader:
         n = table.num_rows
         good = np.ones(n, bool)
         where = f"{chunk.path}, row group {chunk.rg}"
+        first_error: list = []  # (row, message): 'error' mode reports the earliest bad row
 
         def bad(mask: np.ndarray, field: str, reason: str):
             if not mask.any():
@@ -115,7 +116,9 @@ class DayReader:
             row = _first_bad(mask)
             msg = f"{where}, row {chunk.first_row + row}, field {field!r}: {reason}"
             if self.on_bad_row == "error":
-                raise MalformedDataError(msg)
+                if not first_error or row < first_error[0][0]:
+                    first_error[:] = [(row, msg)]
+                return
             newly = mask & good
             self.stats[f"rejected:{reason}"] += int(newly.sum())
             if len(self.rejects) < 100:
@@ -147,6 +150,8 @@ class DayReader:
             elif f.kind == "label":
                 vals = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
                 bad((vals != 0) & (vals != 1), f.name, "label outside {0, 1}")
+        if first_error:
+            raise MalformedDataError(first_error[0][1])
         return good
 
     # -- reading ----------------------------------------------------------

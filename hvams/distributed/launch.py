@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sys
 
@@ -26,7 +27,9 @@ def mpirun_command(np_: int, argv: list[str], env: dict[str, str] | None = None,
         cmd.append("--allow-run-as-root")
     for key in sorted(env or {}):
         cmd += ["-x", f"{key}={env[key]}"]
-    for key in ("PATH", "PYTHONPATH", "OMP_NUM_THREADS", "HVAMS_SERVERS", "LD_LIBRARY_PATH"):
+    forward = ["PATH", "PYTHONPATH", "OMP_NUM_THREADS", "LD_LIBRARY_PATH"]
+    forward += sorted(k for k in os.environ if k.startswith("HVAMS_"))
+    for key in forward:
         if key in os.environ and key not in (env or {}):
             cmd += ["-x", key]
     if not mpmd:
@@ -51,3 +54,45 @@ def local_env(threads_per_rank: int = 1) -> dict[str, str]:
 def python_argv(module: str, *args: str) -> list[str]:
     """argv that runs ``python -m module args`` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+_DIED = re.compile(r"process rank (\d+) with PID \S+ on node (\S+) exited on signal (\d+)(?: \(([^)]*)\))?")
+
+
+def explain_failure(output: str, roles: dict | None) -> str | None:
+    """One line naming the rank, its role and the cause, from mpirun's report."""
+    m = _DIED.search(output)
+    if not m:
+        return None
+    rank, node, sig, name = int(m.group(1)), m.group(2), m.group(3), m.group(4) or ""
+    role = "unknown role"
+    if roles:
+        if rank in roles.get("servers", []):
+            role = f"server {roles['servers'].index(rank)}"
+        elif rank in roles.get("workers", []):
+            role = f"worker {roles['workers'].index(rank)}"
+    return f"hvams: rank {rank} ({role}) on {node} died: signal {sig} {name}".rstrip()
+
+
+def run_local(np_: int, argv: list[str], roles_file: str | None = None) -> int:
+    """Run ``argv`` under a local mpirun, streaming its output; explain a dead rank."""
+    import json
+    import subprocess
+    from collections import deque
+
+    proc = subprocess.Popen(mpirun_command(np_, argv, env=local_env()), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    tail: deque = deque(maxlen=400)
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        tail.append(line)
+    code = proc.wait()
+    if code != 0:
+        roles = None
+        if roles_file and os.path.exists(roles_file):
+            with open(roles_file) as fh:
+                roles = json.load(fh)
+        why = explain_failure("".join(tail), roles)
+        if why:
+            print(why, file=sys.stderr, flush=True)
+    return code

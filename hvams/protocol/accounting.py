@@ -12,6 +12,11 @@ class ByteCounter:
 
     def __init__(self):
         self.bytes = Counter()
+        self.watchdog = None  # beats at every exchange: progress proof for fail-fast
+
+    def beat(self, where: str) -> None:
+        if self.watchdog is not None:
+            self.watchdog.beat(where)
 
     def add(self, category: str, nbytes: int) -> None:
         self.bytes[category] += int(nbytes)

@@ -15,6 +15,7 @@ import numpy as np
 from ..protocol.accounting import ByteCounter
 from ..protocol.exchange import Exchange
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
+from ..distributed.failfast import maybe_inject_fault
 from ..distributed.topology import Topology
 from .channels import dtype_groups
 
@@ -53,6 +54,7 @@ class ServerLoop:
         if not (wh[:, 0] == phase).all() or not (wh[:, 1] == step).all():
             raise RuntimeError(f"server {self.topo.role_rank}: workers disagree on the step: "
                                f"phases {wh[:, 0].tolist()}, steps {wh[:, 1].tolist()}")
+        maybe_inject_fault(self.topo.rank, step)
         if phase == Phase.STOP:
             return False
         if phase == Phase.CHECKPOINT:

@@ -31,8 +31,8 @@ def ckpt_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / f"ckpt-{step:08d}"
 
 
-def save_shards(directory: Path, server: int, shards: dict) -> dict[str, str]:
-    """Write this server's tables; return {file: sha256}."""
+def save_shards(directory: Path, server: int, shards: dict, fault=None) -> dict[str, str]:
+    """Write this server's tables (temp file + rename); return {file: sha256}."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for table, shard in shards.items():
@@ -42,6 +42,9 @@ def save_shards(directory: Path, server: int, shards: dict) -> dict[str, str]:
     tmp = directory / f".server-{server}.npz.tmp"
     with open(tmp, "wb") as fh:
         np.savez(fh, **arrays)
+        fh.flush()
+        if fault:
+            fault()  # tests: die with a half-written checkpoint
     os.replace(tmp, path)
     return {path.name: sha256(path)}
 
@@ -87,9 +90,14 @@ def load_manifest(directory: Path) -> dict:
 
 
 def load_owned_rows(directory: Path, table: str, keep) -> tuple[np.ndarray, np.ndarray, dict, int]:
-    """Rows of ``table`` from every shard file whose key ``keep(keys)`` selects."""
+    """Rows of ``table`` from every shard file of the manifest whose key ``keep(keys)`` selects.
+
+    Shards are filtered by the *current* owner, so a checkpoint written by S
+    servers loads on any S' (re-sharding).
+    """
     keys, rows, slots, step = [], [], {}, 0
-    for path in sorted(directory.glob("server-*.npz")):
+    files = load_manifest(directory)["files"]
+    for path in sorted(directory / f for f in files if f.startswith("server-")):
         with np.load(path) as z:
             if f"{table}/keys" not in z:
                 continue

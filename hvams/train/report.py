@@ -67,4 +67,16 @@ def format_bytes_table(summary: dict) -> str:
         total += v
         lines.append(f"{cat:<20}{human(v / steps):>14}{human(v):>14}")
     lines.append(f"{'all':<20}{human(total / steps):>14}{human(total):>14}")
+    rows = summary.get("rows")
+    if rows:
+        lines.append(f"rows: read {rows['read']} = trained {rows['trained']} + rejected "
+                     f"{rows['rejected']} {rows['rejected_by_reason'] or ''}".rstrip())
+    img = summary.get("images")
+    if img:
+        lines.append(f"images: requested {img['requested']} = served {img['served']} + missing "
+                     f"{img['missing']} + corrupt {img['corrupt']}; computed once per server and step: "
+                     f"{img['unique_per_server_total']} of {img['requested_by_workers_total']} "
+                     f"worker requests; pixel cache hit rate {img['pixel_cache_hit_rate']:.2f}"
+                     + (f", feature cache {img['feature_cache_hit_rate']:.2f}"
+                        if img.get("feature_cache_hit_rate") is not None else ""))
     return "\n".join(lines)

@@ -7,9 +7,7 @@ barrier in ``finish`` before exiting.
 from __future__ import annotations
 
 import json
-import sys
 import time
-import traceback
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import torch
 from ..config import TrainConfig
 from ..data.reader import worker_chunks, day_files
 from ..data.schema import Schema
+from ..distributed.failfast import Watchdog, install_abort_hook, maybe_inject_fault
 from ..distributed.reports import write_report
 from ..distributed.topology import Topology, build_topology, finish
 from ..embedding.shard import EmbeddingShard
@@ -37,20 +36,6 @@ from . import checkpoint as ckpt
 from .plan import lr_scale, resolve_days
 from .report import format_bytes_table, format_metrics_table, Progress
 from .worker import Position, WorkerTrainer, epoch_batches
-
-
-def install_abort_hook(topo: Topology | None = None) -> None:
-    """An uncaught exception on any rank aborts the whole MPI job (no hang)."""
-    def hook(exc_type, exc, tb):
-        from mpi4py import MPI
-
-        who = topo.describe() if topo else f"rank {MPI.COMM_WORLD.Get_rank()}"
-        sys.stderr.write(f"hvams: {who} failed: {exc_type.__name__}: {exc}\n")
-        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
-        sys.stderr.flush()
-        MPI.COMM_WORLD.Abort(1)
-
-    sys.excepthook = hook
 
 
 def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
@@ -130,7 +115,8 @@ def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
 
     def on_checkpoint(step):
         d = ckpt.ckpt_dir(run_dir, step)
-        files = ckpt.save_shards(d, topo.role_rank, shards)
+        files = ckpt.save_shards(d, topo.role_rank, shards,
+                                 fault=lambda: maybe_inject_fault(topo.rank, step, "ckpt"))
         if topo.role_rank == 0 and isinstance(image, AmsImageChannel):
             files.update(ckpt.save_torch(d, "image.pt", image.state()))
         _checkpoint_collect(topo, d, files, None)
@@ -210,14 +196,16 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
             print(format_metrics_table([record], cfg.model), flush=True)
         return res
 
-    last_ckpt = None
+    last_ckpt = (pos.step, resume_dir) if resume_dir is not None else None
     stopped = False
     start_epoch, start_day, start_skip = pos.epoch, pos.day, pos.steps_in_day
+    readers = []
     for epoch in range(start_epoch, cfg.epochs):
         first_day = start_day if epoch == start_epoch else 0
         for d in range(first_day, len(train_days)):
             skip = start_skip if (epoch == start_epoch and d == start_day) else 0
             reader = trainer_reader(cfg, schema, topo, train_days[d])
+            readers.append(reader)
             it = epoch_batches(reader, skip)
             pos.epoch, pos.day, pos.steps_in_day = epoch, d, skip
             while True:
@@ -242,7 +230,16 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     losses = np.array(trainer.losses, np.float64)
     total = np.zeros_like(losses)
     topo.role_comm.Allreduce(losses, total)
-    out = {"worker": {"samples": trainer.samples, "steps": len(losses)},
+    rejected = {}
+    for r in readers:
+        for k, v in r.stats.items():
+            if k.startswith("rejected:"):
+                rejected[k[9:]] = rejected.get(k[9:], 0) + v
+    out = {"worker": {"samples": trainer.samples, "steps": len(losses),
+                      "rows_read": sum(r.stats["rows_read"] for r in readers),
+                      "rows_yielded": sum(r.stats["rows_yielded"] for r in readers),
+                      "rows_rejected": rejected,
+                      "reject_examples": [m for r in readers for m in r.rejects][:10]},
            "losses": total.tolist(), "final_step": pos.step}
     if local is not None:
         out["images"] = local.stats()
@@ -260,13 +257,18 @@ def trainer_reader(cfg, schema, topo, day):
 def run_training(cfg: TrainConfig) -> dict | None:
     """Run the job on this rank; world rank 0 returns the run summary."""
     topo = build_topology(cfg.servers, cfg.placement)
-    install_abort_hook(topo)
+    install_abort_hook(topo.describe)
+    watchdog = Watchdog(topo.describe, cfg.step_timeout)
     schema = Schema.load(cfg.data)
     train_days, test_day = resolve_days(cfg)
     run_dir = Path(cfg.out)
     if topo.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
+        roles = {"servers": topo.server_ranks, "workers": topo.worker_ranks}
+        (run_dir / "topology.json").write_text(json.dumps(roles))
+        print(f"hvams: {topo.size} ranks: servers {topo.server_ranks}, workers {topo.worker_ranks}",
+              flush=True)
     topo.world.Barrier()
     resume_dir = ckpt.latest_complete(run_dir) if cfg.resume else None
     if cfg.resume and resume_dir is None and topo.rank == 0:
@@ -275,6 +277,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(f"hvams: --resume: latest complete checkpoint is {resume_dir.name}", flush=True)
     specs = channel_specs(cfg, schema)
     counter = ByteCounter()
+    counter.watchdog = watchdog
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     if topo.is_server:
@@ -293,6 +296,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(format_bytes_table(summary), flush=True)
     write_report("train", topo.rank, {"role": topo.role, **{k: v for k, v in result.items()
                                                            if k != "losses"}})
+    watchdog.stop()
     finish(topo)
     return summary
 
@@ -327,8 +331,17 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
     steps = servers[0]["server"]["steps"]
     samples = sum(w["worker"]["samples"] for w in workers)
     w0 = next(w for w in workers if w["role_rank"] == 0)
+    rejected: dict[str, int] = {}
+    for w in workers:
+        for k, v in w["worker"]["rows_rejected"].items():
+            rejected[k] = rejected.get(k, 0) + v
     return {"model": cfg.model, "strategy": cfg.strategy, "servers": topo.num_servers,
             "workers": topo.num_workers, "steps": steps, "samples": samples,
+            "rows": {"read": sum(w["worker"]["rows_read"] for w in workers),
+                     "trained": samples, "rejected": sum(rejected.values()),
+                     "rejected_by_reason": rejected,
+                     "reject_examples": [m for w in workers
+                                         for m in w["worker"]["reject_examples"]][:10]},
             "elapsed_s": elapsed, "samples_per_s": samples / elapsed if elapsed else 0.0,
             "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
             "losses": w0["losses"], "final_step": w0["final_step"],

@@ -19,6 +19,7 @@ from ..config import TrainConfig
 from ..data.batch import Batch
 from ..data.reader import DayReader
 from ..data.schema import Schema
+from ..distributed.failfast import maybe_inject_fault
 from ..metrics import evaluate
 from ..models.inputs import build_inputs, labels_of
 from ..protocol.messages import Phase
@@ -75,6 +76,7 @@ class WorkerTrainer:
     def train_step(self, batch: Batch | None, pos: Position) -> bool:
         """One synchronous step; False when no worker had data (day finished)."""
         n = batch.n if batch is not None else 0
+        maybe_inject_fault(self.topo.rank, pos.step)
         rows, global_n = self.client.pull(Phase.TRAIN, pos.step, n, batch_keys(batch, self.names))
         if global_n == 0:
             return False

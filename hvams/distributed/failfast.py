@@ -1,0 +1,89 @@
+"""Fail fast: no rank may outlive a failure of another, or wait forever.
+
+* ``install_abort_hook``: an uncaught exception prints the rank, its role and
+  the cause, then ``MPI_Abort`` ends the whole job (mpirun kills the rest).
+* ``Watchdog``: the training loop calls ``beat()`` at every protocol step. A
+  rank that sees no beat for ``timeout`` seconds is stuck in a collective
+  whose peer is gone (killed, hung, lost node); it names itself, the step it
+  waits in, and aborts the job. mpirun also aborts a job whose rank dies, so
+  this is the bound for launchers that do not (srun, some schedulers).
+* ``HVAMS_FAULT``: test-only fault injection (``rank:R:step:N:kind``, kind =
+  ``raise``, ``kill`` or ``hang``), so tests can fail a rank at an exact step.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+
+
+def _abort(code: int = 1) -> None:
+    from mpi4py import MPI
+
+    sys.stderr.flush()
+    sys.stdout.flush()
+    MPI.COMM_WORLD.Abort(code)
+
+
+def install_abort_hook(describe) -> None:
+    """Uncaught exception on this rank -> one clear message -> abort the job."""
+    def hook(exc_type, exc, tb):
+        sys.stderr.write(f"hvams: {describe()} failed: {exc_type.__name__}: {exc}\n")
+        traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        _abort(1)
+
+    sys.excepthook = hook
+
+
+class Watchdog:
+    """Aborts the job when this rank makes no progress for ``timeout`` seconds."""
+
+    def __init__(self, describe, timeout: float):
+        self.describe, self.timeout = describe, timeout
+        self.last = time.monotonic()
+        self.where = "start-up"
+        self._stop = threading.Event()
+        self._thread = None
+        if timeout and timeout > 0:
+            self._thread = threading.Thread(target=self._run, name="hvams-watchdog", daemon=True)
+            self._thread.start()
+
+    def beat(self, where: str) -> None:
+        self.last = time.monotonic()
+        self.where = where
+
+    def _run(self) -> None:
+        while not self._stop.wait(min(1.0, self.timeout / 4)):
+            idle = time.monotonic() - self.last
+            if idle > self.timeout:
+                sys.stderr.write(
+                    f"hvams: {self.describe()} made no progress for {idle:.0f} s in {self.where}: "
+                    "a peer rank is gone or stuck; aborting the job\n")
+                _abort(1)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def maybe_inject_fault(rank: int, step: int, where: str = "step") -> None:
+    """Fail this rank at ``step`` if ``HVAMS_FAULT`` says so (tests only).
+
+    ``rank:R:step:N:kind`` fires at the start of training step N;
+    ``rank:R:ckpt:N:kind`` fires halfway through writing checkpoint N.
+    """
+    spec = os.environ.get("HVAMS_FAULT")
+    if not spec:
+        return
+    parts = spec.split(":")
+    if len(parts) != 5 or parts[0] != "rank" or parts[2] not in ("step", "ckpt"):
+        raise ValueError(f"HVAMS_FAULT must look like rank:R:step|ckpt:N:raise|kill|hang, not {spec!r}")
+    if int(parts[1]) != rank or parts[2] != where or int(parts[3]) != step:
+        return
+    if parts[4] == "kill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    if parts[4] == "hang":
+        time.sleep(10 ** 6)
+    raise RuntimeError(f"injected fault at step {step} (HVAMS_FAULT)")

@@ -1,0 +1,42 @@
+"""A failing rank ends the whole job quickly, with a message naming rank, role and cause."""
+import random
+import sys
+import time
+
+import pytest
+
+from mpi_harness import run_job
+
+STEP = random.Random(7).randint(2, 9)  # "a random step", fixed per run of the suite
+
+
+def _local_train(world, out, fault, *extra):
+    cmd = [sys.executable, "-m", "cli", "train", "--data", str(world), "--out", str(out),
+           "--local", "4", "--servers", "2", "--model", "idonly", "--batch-size", "32",
+           "--no-progress", *extra]
+    t0 = time.monotonic()
+    res = run_job(cmd, timeout=120, env={"HVAMS_FAULT": fault})
+    return res, time.monotonic() - t0
+
+
+@pytest.mark.parametrize("rank,role", [(1, "server 1"), (3, "worker 1")])
+def test_sigkill_of_a_rank_ends_the_job(tiny_world, tmp_path, rank, role):
+    res, elapsed = _local_train(tiny_world, tmp_path / "run", f"rank:{rank}:step:{STEP}:kill")
+    assert not res.timed_out and res.returncode != 0, res.output[-3000:]
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert f"hvams: rank {rank} ({role}) on" in res.output and "died: signal 9" in res.output, \
+        res.output[-3000:]
+
+
+def test_exception_on_a_rank_ends_the_job(tiny_world, tmp_path):
+    res, elapsed = _local_train(tiny_world, tmp_path / "run", f"rank:2:step:{STEP}:raise")
+    assert res.returncode != 0 and elapsed < 30
+    assert "rank 2/4 worker 0" in res.output and "RuntimeError: injected fault" in res.output
+
+
+def test_watchdog_bounds_a_hang(tiny_world, tmp_path):
+    res, elapsed = _local_train(tiny_world, tmp_path / "run", f"rank:0:step:{STEP}:hang",
+                                "--step-timeout", "5")
+    assert not res.timed_out and res.returncode != 0, res.output[-3000:]
+    assert elapsed < 30, f"took {elapsed:.1f} s"
+    assert "made no progress for" in res.output and "aborting the job" in res.output
