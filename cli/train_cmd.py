@@ -44,6 +44,10 @@ def _rank() -> int:
 @click.option("--checkpoint-every", type=int, help="Checkpoint every K steps (0: at the end only).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
 @click.option("--on-bad-row", type=click.Choice(["error", "skip"]))
+@click.option("--tensorboard", type=click.Path(file_okay=False), help="TensorBoard log directory.")
+@click.option("--warm-start", type=click.Path(exists=True, file_okay=False),
+              help="Start from RUN_DIR's model, except its ID embeddings (partial warm-up).")
+@click.option("--log-every", type=int, help="Steps between progress lines and TensorBoard points.")
 @click.option("--no-progress", "progress", flag_value=False, default=None)
 @click.option("--step-timeout", type=float,
               help="Seconds without progress before a rank aborts the job (fail fast).")

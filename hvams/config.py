@@ -71,6 +71,8 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     log_every: int = 50
+    tensorboard: str | None = None       # TensorBoard log directory
+    warm_start: str | None = None        # RUN_DIR: load all but the ID embeddings (paper Table 5)
     step_timeout: float = 600.0          # seconds without progress before a rank aborts the job
 
     def validate(self) -> "TrainConfig":

@@ -33,8 +33,10 @@ from ..store.lmdb_store import ImageStore, read_manifest
 from ..roles.server import ServerLoop
 from ..roles.worker_client import StepClient
 from . import checkpoint as ckpt
+from . import warm_start
 from .plan import lr_scale, resolve_days
 from .report import format_bytes_table, format_metrics_table, Progress
+from .tensorboard import TensorBoardLog
 from .worker import Position, WorkerTrainer, epoch_batches
 
 
@@ -105,9 +107,25 @@ def _total_rows(days, topo) -> int:
     return sum(sum(c.hi - c.lo for c in worker_chunks(day_files(d), 0, 1)) for d in days)
 
 
-def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days):
+def _warm_report(topo, cfg, run_dir, resume_dir, part: dict) -> None:
+    """Gather what each role loaded; rank 0 writes warm_start.json (a world collective)."""
+    if not cfg.warm_start or resume_dir is not None:
+        return
+    parts = topo.world.gather(part, root=0)
+    if topo.rank == 0:
+        report = warm_start.write_report(run_dir, warm_start.warm_start_source(cfg.warm_start), parts)
+        n = {k: len(v["loaded"]) for k, v in report.items() if isinstance(v, dict)}
+        print(f"hvams: warm start from {report['source']}: loaded {n}; ID embeddings start fresh",
+              flush=True)
+
+
+def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb):
     shards, channels = _server_channels(cfg, schema, topo, specs, resume_dir, counter)
     image = next((ch for ch in channels if isinstance(ch, (AmsImageChannel, PixelChannel))), None)
+    warm = {}
+    if cfg.warm_start and resume_dir is None and isinstance(image, AmsImageChannel):
+        warm = warm_start.warm_server(warm_start.warm_start_source(cfg.warm_start), image)
+    _warm_report(topo, cfg, run_dir, resume_dir, warm if topo.role_rank == 0 else {})
     progress = None
     if topo.role_rank == 0:
         total = _total_rows(train_days, topo) * cfg.epochs
@@ -121,8 +139,12 @@ def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
             files.update(ckpt.save_torch(d, "image.pt", image.state()))
         _checkpoint_collect(topo, d, files, None)
 
-    loop = ServerLoop(topo, channels, counter, lambda s: lr_scale(s, cfg), on_checkpoint,
-                      progress.update if progress else None)
+    def on_step(step, n):
+        if progress:
+            progress.update(step, n)
+        tb.after_step(step)
+
+    loop = ServerLoop(topo, channels, counter, lambda s: lr_scale(s, cfg), on_checkpoint, on_step)
     loop.run()
     if progress:
         progress.close()
@@ -153,10 +175,14 @@ def _local_images(cfg: TrainConfig) -> LocalImages | None:
     return LocalImages(embedder, cfg.image_size, source)
 
 
-def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day):
+def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day, tb):
     model = build_model(cfg, schema)
     client = StepClient(topo, specs, counter)
     local = _local_images(cfg)
+    warm = {}
+    if cfg.warm_start and resume_dir is None:
+        warm = warm_start.warm_worker(warm_start.warm_start_source(cfg.warm_start), model, local)
+    _warm_report(topo, cfg, run_dir, resume_dir, warm if topo.role_rank == 0 else {})
     trainer = WorkerTrainer(cfg, schema, model, client, topo, local)
     pos = Position()
     if resume_dir is not None:
@@ -194,6 +220,7 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
             with open(metrics_path, "a") as fh:
                 fh.write(json.dumps(record) + "\n")
             print(format_metrics_table([record], cfg.model), flush=True)
+            tb.metrics(record, pos.step)
         return res
 
     last_ckpt = (pos.step, resume_dir) if resume_dir is not None else None
@@ -214,6 +241,8 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
                     break
                 if not trainer.train_step(next(it, None), pos):
                     break
+                tb.add_step(trainer.losses[-1], trainer.last_n)
+                tb.after_step(pos.step - 1)
                 if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     last_ckpt = (pos.step, checkpoint())
             if stopped:
@@ -280,11 +309,13 @@ def run_training(cfg: TrainConfig) -> dict | None:
     counter.watchdog = watchdog
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
+    tb = TensorBoardLog(topo, cfg.tensorboard, cfg.log_every, counter)
     if topo.is_server:
-        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days)
+        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb)
     else:
         result = run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days,
-                            test_day)
+                            test_day, tb)
+    tb.close()
     elapsed = time.perf_counter() - t0
     result.update({"role": topo.role, "role_rank": topo.role_rank, "bytes": counter.snapshot(),
                    "elapsed_s": elapsed})

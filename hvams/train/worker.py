@@ -100,6 +100,7 @@ class WorkerTrainer:
         self.opt.step()
         self.losses.append(float(loss_sum.detach()))
         self.samples += n
+        self.last_n = n
         pos.step += 1
         pos.steps_in_day += 1
         return True

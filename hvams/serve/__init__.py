@@ -1,0 +1,1 @@
+"""Serving: export a trained run, score samples without MPI."""

@@ -1,0 +1,78 @@
+"""Export, predict, TensorBoard and warm start on a trained run."""
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from hvams.serve.export import export_run
+from hvams.serve.predict import predict
+from mpi_harness import py, run_mpi
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    tb = out.parent / "tb"
+    res = run_mpi(4, py("cli", "train", "--data", tiny_world, "--out", out, "--servers", 2,
+                        "--model", "dicm", "--batch-size", 64, "--no-progress", "--tensorboard", tb,
+                        "--log-every", 5), timeout=300)
+    assert res.returncode == 0, res.output[-3000:]
+    return out, tb
+
+
+def test_export_then_predict_reproduces_the_evaluation(trained, tiny_world, tmp_path):
+    run, _ = trained
+    m = export_run(run, tmp_path / "model", workers=2)
+    assert m["image_counts"]["served"] == 510 and m["uses_images"]
+    with np.load(tmp_path / "model" / "image_embeddings.npz") as z:
+        assert z["rows"].shape == (510, 12)
+    res = predict(tmp_path / "model", tiny_world / "day=02", tmp_path / "scores.parquet", 333)
+    last = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()][-1]
+    for key in ("auc", "gauc", "logloss", "new_ad_auc"):
+        assert abs(res["metrics"][key] - last[key]) < 1e-6, (key, res["metrics"][key], last[key])
+    assert pq.read_table(tmp_path / "scores.parquet").num_rows == 2000
+    assert res["counts"]["unknown_images"] == 0
+
+
+def test_unknown_image_falls_back_and_is_counted(trained, tiny_world, tmp_path):
+    run, _ = trained
+    export_run(run, tmp_path / "model", workers=1)
+    path = tmp_path / "model" / "image_embeddings.npz"
+    with np.load(path) as z:
+        keys, rows, missing = z["keys"], z["rows"], z["missing"]
+    np.savez(path, keys=keys[::2], rows=rows[::2], missing=missing)  # forget half the images
+    res = predict(tmp_path / "model", tiny_world / "day=02", tmp_path / "s.parquet")
+    assert res["counts"]["unknown_images"] > 0 and res["rows"] == 2000
+
+
+def test_tensorboard_event_file(trained):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    _, tb = trained
+    acc = EventAccumulator(str(tb))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    for tag in ("train/loss", "train/samples_per_s", "bytes_per_step/id_rows",
+                "bytes_per_step/image_payload", "test/auc", "test/gauc", "test/new_ad_auc"):
+        assert tag in tags, (tag, tags)
+    losses = [e.value for e in acc.Scalars("train/loss")]
+    assert len(losses) >= 3 and all(0 < v < 2 for v in losses)
+    assert acc.Scalars("bytes_per_step/image_payload")[0].value > 0
+
+
+def test_warm_start_loads_all_but_id_embeddings(trained, tiny_world, tmp_path):
+    import torch
+
+    run, _ = trained
+    out = tmp_path / "warm"
+    res = run_mpi(3, py("cli", "train", "--data", tiny_world, "--out", out, "--servers", 1,
+                        "--model", "dicm", "--batch-size", 64, "--max-steps", 1, "--no-progress",
+                        "--warm-start", run), timeout=300)
+    assert res.returncode == 0, res.output[-3000:]
+    report = json.loads((out / "warm_start.json").read_text())
+    src = torch.load(sorted(run.glob("ckpt-*"))[-1] / "dense.pt", weights_only=False)["model"]
+    assert report["worker_model"]["loaded"] == sorted(src) and not report["worker_model"]["not_loaded"]
+    assert "missing" in report["image_model"]["loaded"] and "head.0.weight" in report["image_model"]["loaded"]
+    assert report["id_embeddings"].startswith("not loaded")
+    assert "warm start from" in res.output
