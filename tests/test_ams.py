@@ -3,8 +3,6 @@ import json
 import shutil
 
 import lmdb
-import numpy as np
-import pytest
 
 from hvams.keys import key_bytes
 from hvams.store.lmdb_store import ImageStore
@@ -40,7 +38,7 @@ def test_dedup_across_workers_and_12_floats_per_image(tiny_world, tmp_path):
 
 def test_store_in_server_moves_pixels(tiny_world, tmp_path):
     s, _ = _train(tiny_world, tmp_path / "sis", 2, 2, "--strategy", "store-in-server")
-    b, img = s["bytes"], s["images"]
+    b = s["bytes"]
     keys_sent = b["image_keys"] // 8
     assert b["image_payload"] == keys_sent * (3 * 32 * 32 + 1)  # uint8 pixels + validity byte
     assert "image_grads" not in b and "allreduce_servers" not in b

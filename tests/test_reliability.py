@@ -89,7 +89,7 @@ def test_resharding_keeps_predictions(tiny_world, tmp_path, before, after, model
     for key in ("auc", "gauc", "logloss", "new_ad_auc"):
         assert first[key] == second[key], (key, first[key], second[key])
     # every key landed on exactly one new owner: row counts add up to the old total
-    old_rows = sum(np.load(f)[f"item/keys"].shape[0] for f in (latest_complete(out)).glob("server-*.npz")
+    old_rows = sum(np.load(f)["item/keys"].shape[0] for f in (latest_complete(out)).glob("server-*.npz")
                    if int(f.stem.split("-")[1]) < before)
     assert sum(r["item"] for r in summary["server_rows"]) == old_rows
 

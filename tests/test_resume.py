@@ -35,7 +35,7 @@ def test_resume_is_bit_exact(tiny_world, tmp_path):
     res = run_mpi(4, _args(tiny_world, split, 2 * N, "--resume"), timeout=240)
     assert res.returncode == 0, res.output[-3000:]
     assert f"latest complete checkpoint is ckpt-{N:08d}" in res.output
-    assert f"resuming from" in res.output and f"at step {N}" in res.output
+    assert "resuming from" in res.output and f"at step {N}" in res.output
     second = json.loads((split / "summary.json").read_text())["losses"]
     full = json.loads((straight / "summary.json").read_text())["losses"]
     assert first + second == full          # exact float equality, step by step

@@ -4,7 +4,6 @@ import json
 
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 

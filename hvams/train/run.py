@@ -103,7 +103,7 @@ def _checkpoint_collect(topo: Topology, directory: Path, files: dict, meta: dict
         ckpt.write_manifest(directory, all_files, all_meta)
 
 
-def _total_rows(days, topo) -> int:
+def _total_rows(days) -> int:
     return sum(sum(c.hi - c.lo for c in worker_chunks(day_files(d), 0, 1)) for d in days)
 
 
@@ -128,7 +128,7 @@ def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     _warm_report(topo, cfg, run_dir, resume_dir, warm if topo.role_rank == 0 else {})
     progress = None
     if topo.role_rank == 0:
-        total = _total_rows(train_days, topo) * cfg.epochs
+        total = _total_rows(train_days) * cfg.epochs
         progress = Progress(total, cfg.progress, cfg.log_every)
 
     def on_checkpoint(step):

@@ -8,7 +8,6 @@ equals one step of a single process on the concatenated global batch.
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -156,7 +155,3 @@ def epoch_batches(reader: DayReader, skip: int):
         if next(it, None) is None:
             break
     return it
-
-
-def timer():
-    return time.perf_counter()
