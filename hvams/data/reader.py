@@ -253,3 +253,16 @@ class DayReader:
             self.stats["rows_yielded"] += b.n
             self.stats["batches"] += 1
             yield b
+
+
+def reader_totals(readers: list[DayReader]) -> dict:
+    """Rows read, yielded and rejected (by reason) over several readers."""
+    rejected: dict[str, int] = {}
+    for r in readers:
+        for k, v in r.stats.items():
+            if k.startswith("rejected:"):
+                rejected[k[len("rejected:"):]] = rejected.get(k[len("rejected:"):], 0) + v
+    return {"rows_read": sum(r.stats["rows_read"] for r in readers),
+            "rows_yielded": sum(r.stats["rows_yielded"] for r in readers),
+            "rows_rejected": rejected,
+            "reject_examples": [m for r in readers for m in r.rejects][:10]}

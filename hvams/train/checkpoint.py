@@ -113,3 +113,14 @@ def load_owned_rows(directory: Path, table: str, keep) -> tuple[np.ndarray, np.n
         return np.zeros(0, np.int64), None, {}, 0
     return (np.concatenate(keys), np.concatenate(rows),
             {k: np.concatenate(v) for k, v in slots.items()}, step)
+
+
+def collect_manifest(topo, directory: Path, files: dict, meta: dict | None) -> None:
+    """Every rank hands in its files (and worker 0 the position); rank 0 writes the manifest last."""
+    gathered = topo.world.gather((files, meta), root=0)
+    if topo.rank == 0:
+        all_files, all_meta = {}, {}
+        for f, m in gathered:
+            all_files.update(f)
+            all_meta.update(m or {})
+        write_manifest(directory, all_files, all_meta)

@@ -64,3 +64,15 @@ def write_report(run_dir: Path, source: Path, parts: list[dict]) -> dict:
         report.update(p or {})
     (Path(run_dir) / "warm_start.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def gather_report(topo, cfg, run_dir, resume_dir, part: dict) -> None:
+    """Gather what each role loaded; rank 0 writes warm_start.json (a world collective)."""
+    if not cfg.warm_start or resume_dir is not None:
+        return
+    parts = topo.world.gather(part, root=0)
+    if topo.rank == 0:
+        report = write_report(run_dir, warm_start_source(cfg.warm_start), parts)
+        n = {k: len(v["loaded"]) for k, v in report.items() if isinstance(v, dict)}
+        print(f"hvams: warm start from {report['source']}: loaded {n}; ID embeddings start fresh",
+              flush=True)

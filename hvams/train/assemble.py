@@ -1,0 +1,82 @@
+"""Assemble a run's parts for each role: channels, shards, image pipelines.
+
+Servers and workers must agree on the channels (order, width, dtype,
+router); ``channel_specs`` is the one place that decides them.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..config import TrainConfig
+from ..data.schema import Schema
+from ..embedding.shard import EmbeddingShard
+from ..imaging.embed import PixelEmbedder
+from ..imaging.local import LocalImages
+from ..imaging.source import ImageSource
+from ..models.image import build_image_model
+from ..roles.channels import EmbeddingChannel, id_channel, image_channel
+from ..roles.image_channels import AmsImageChannel, PixelChannel
+from ..store.lmdb_store import ImageStore, read_manifest
+from . import checkpoint as ckpt
+
+
+def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
+    """The channels of this run, in the fixed order servers and workers share."""
+    specs = [id_channel(t, cfg.emb_dim) for t in schema.tables]
+    if cfg.uses_images and cfg.strategy != "store-in-worker":
+        P = read_manifest(cfg.images_dir)["partitions"]
+        if cfg.strategy == "ams":
+            specs.append(image_channel(P, cfg.emb_dim))
+        elif cfg.freeze_backbone:      # store-in-server: cached backbone features + flag
+            specs.append(image_channel(P, _feature_dim(cfg) + 1, np.float32, trainable=False))
+        else:                          # store-in-server: decoded pixels + validity byte
+            specs.append(image_channel(P, 3 * cfg.image_size ** 2 + 1, np.uint8, trainable=False))
+    return specs
+
+
+def _feature_dim(cfg: TrainConfig) -> int:
+    return build_image_model(cfg).feature_dim
+
+
+def _image_source(cfg: TrainConfig, server: int | None, num_servers: int) -> ImageSource:
+    store = ImageStore(cfg.images_dir, server=server, num_servers=num_servers)
+    return ImageSource(store, cfg.image_size, cfg.pixel_cache, cfg.max_pixels)
+
+
+def server_channels(cfg, schema, topo, specs, resume_dir, counter):
+    shards, channels = {}, []
+    for spec in specs:
+        if spec.name == "image":
+            source = _image_source(cfg, topo.role_rank, topo.num_servers)
+            if cfg.strategy == "ams":
+                embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+                ch = AmsImageChannel(spec, source, embedder, topo, counter, cfg.image_lr)
+                if resume_dir is not None and (resume_dir / "image.pt").exists():
+                    ch.load(torch.load(resume_dir / "image.pt", weights_only=False))
+            else:
+                embedder = (PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+                            if cfg.freeze_backbone else None)
+                ch = PixelChannel(spec, source, embedder)
+            channels.append(ch)
+            continue
+        shard = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer, cfg.sparse_lr,
+                               cfg.seed, cfg.init_scale)
+        if resume_dir is not None:
+            me, S = topo.role_rank, topo.num_servers
+            keys, rows, slots, step = ckpt.load_owned_rows(
+                resume_dir, spec.name, lambda k: spec.route(k, S) == me)
+            if len(keys):
+                shard.load(keys, rows, slots, step)
+            shard.step = step
+        shards[spec.name] = shard
+        channels.append(EmbeddingChannel(spec, shard))
+    return shards, channels
+
+
+def local_images(cfg: TrainConfig) -> LocalImages | None:
+    if not cfg.uses_images or cfg.strategy == "ams":
+        return None
+    embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
+    source = _image_source(cfg, None, 1) if cfg.strategy == "store-in-worker" else None
+    return LocalImages(embedder, cfg.image_size, source)

@@ -1,0 +1,65 @@
+"""The run summary: what every rank reports, merged on rank 0."""
+from __future__ import annotations
+
+import hashlib
+
+from ..config import TrainConfig
+from ..distributed.topology import Topology
+
+
+def state_digest(state: dict) -> str:
+    """sha256 over a state dict's tensors (bit-identity checks across ranks)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        h.update(name.encode())
+        h.update(state[name].detach().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def image_summary(servers: list[dict], workers: list[dict]) -> dict | None:
+    """Image counters over all ranks: requested = served + missing + corrupt."""
+    holders = [r for r in servers + workers if r.get("images")]
+    if not holders:
+        return None
+    keys = ("requested", "served", "decoded", "missing", "corrupt", "backbone_runs")
+    out = {k: sum(r["images"].get(k, 0) for r in holders) for k in keys}
+    out["unique_per_server_total"] = sum(s["server"]["unique"].get("image", 0) for s in servers)
+    out["requested_by_workers_total"] = sum(s["server"]["requested"].get("image", 0) for s in servers)
+    pc = [r["images"]["pixel_cache"] for r in holders if "pixel_cache" in r["images"]]
+    hits, misses = sum(p["hits"] for p in pc), sum(p["misses"] for p in pc)
+    out["pixel_cache_hit_rate"] = hits / (hits + misses) if hits + misses else 0.0
+    fc = [r["images"]["feature_cache"] for r in holders if "feature_cache" in r["images"]]
+    fh, fm = sum(f["hits"] for f in fc), sum(f["misses"] for f in fc)
+    out["feature_cache_hit_rate"] = fh / (fh + fm) if fh + fm else None
+    out["model_sha256"] = sorted({r["image_model_sha256"] for r in holders if r.get("image_model_sha256")})
+    out["bad_examples"] = [e for r in holders for e in r["images"].get("bad_examples", [])][:10]
+    return out
+
+
+def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: float) -> dict:
+    workers = [r for r in results if r["role"] == "worker"]
+    servers = [r for r in results if r["role"] == "server"]
+    by_cat: dict[str, int] = {}
+    for r in results:
+        for k, v in r["bytes"].items():
+            by_cat[k] = by_cat.get(k, 0) + v
+    steps = servers[0]["server"]["steps"]
+    samples = sum(w["worker"]["samples"] for w in workers)
+    w0 = next(w for w in workers if w["role_rank"] == 0)
+    rejected: dict[str, int] = {}
+    for w in workers:
+        for k, v in w["worker"]["rows_rejected"].items():
+            rejected[k] = rejected.get(k, 0) + v
+    return {"model": cfg.model, "strategy": cfg.strategy, "servers": topo.num_servers,
+            "workers": topo.num_workers, "steps": steps, "samples": samples,
+            "rows": {"read": sum(w["worker"]["rows_read"] for w in workers),
+                     "trained": samples, "rejected": sum(rejected.values()),
+                     "rejected_by_reason": rejected,
+                     "reject_examples": [m for w in workers
+                                         for m in w["worker"]["reject_examples"]][:10]},
+            "elapsed_s": elapsed, "samples_per_s": samples / elapsed if elapsed else 0.0,
+            "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
+            "losses": w0["losses"], "final_step": w0["final_step"],
+            "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
+            "images": image_summary(servers, workers),
+            "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}
