@@ -1,0 +1,62 @@
+"""The image model: every backbone, local weight files, frozen vs trainable."""
+import pytest
+import torch
+
+from hvams.config import TrainConfig
+from hvams.models.image import ImageEmbedder, build_image_model
+
+
+@pytest.mark.parametrize("backbone,features", [("small-cnn", 64), ("resnet18", 512),
+                                               ("vgg16", 4096), ("mobilenet_v3_small", 576)])
+def test_backbones_give_features_and_12d_embeddings(backbone, features):
+    torch.manual_seed(0)
+    model = ImageEmbedder(backbone, head=[32, 16] if backbone != "vgg16" else None)
+    x = torch.randn(2, 3, 32, 32)
+    assert model.feature_dim == features
+    assert tuple(model.features(x).shape) == (2, features)
+    out = model(x)
+    assert tuple(out.shape) == (2, 12)
+    if backbone == "vgg16":  # the paper's head on fc6: 4096-256-64-12
+        dims = [m.out_features for m in model.head if isinstance(m, torch.nn.Linear)]
+        assert dims == [256, 64, 12] and model.head[0].in_features == 4096
+
+
+def test_batch_norm_uses_running_statistics():
+    model = ImageEmbedder("resnet18", head=[16]).train()
+    x = torch.randn(4, 3, 32, 32)
+    alone = model(x[:1])
+    together = model(x)[:1]
+    assert torch.allclose(alone, together, atol=1e-5)  # independent of the batch it is in
+
+
+@pytest.mark.parametrize("backbone", ["small-cnn", "mobilenet_v3_small"])
+def test_weights_from_a_local_file_and_freezing(tmp_path, backbone):
+    src = ImageEmbedder(backbone)
+    full = src.backbone if backbone == "small-cnn" else None
+    if backbone == "small-cnn":
+        state = full.state_dict()
+    else:  # a torchvision checkpoint of the whole network, as users have them
+        import torchvision.models as tvm
+
+        torch.manual_seed(3)
+        state = tvm.mobilenet_v3_small(weights=None).state_dict()
+    path = tmp_path / "w.pt"
+    torch.save(state, path)
+    cfg = TrainConfig(data="x", backbone=backbone, backbone_weights=str(path), freeze_backbone=True)
+    model = build_image_model(cfg)
+    own = model.backbone.state_dict()
+    if backbone == "mobilenet_v3_small":  # the file's first conv landed in the body
+        assert torch.equal(own["body.0.0.0.weight"], state["features.0.0.weight"])
+    x = torch.randn(2, 3, 32, 32)
+    model(x).sum().backward()
+    assert all(p.grad is None for p in model.backbone.parameters())      # frozen
+    assert all(p.grad is not None for p in model.head.parameters())      # the head trains
+    if backbone == "small-cnn":
+        for k, v in state.items():
+            assert torch.equal(own[k], v), k
+
+
+def test_bad_weight_file_is_named(tmp_path):
+    torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="bad.pt"):
+        ImageEmbedder("resnet18", weights=str(tmp_path / "bad.pt"))
