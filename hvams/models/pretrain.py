@@ -37,7 +37,20 @@ def pretext_set(n: int, seed: int, render_size: int, size: int) -> tuple[torch.T
 def pretrain_small_cnn(out: str, n: int = 20000, epochs: int = 6, size: int = 32,
                        render_size: int = 64, seed: int = 1_000_003, batch: int = 256,
                        lr: float = 3e-3, log=print) -> dict:
-    """Train SmallCNN + one linear classifier per attribute; save the backbone."""
+    """Train SmallCNN + one linear classifier per attribute; save the backbone.
+
+    Runs on one thread: float sums differ with the thread count, and the
+    weights must be the same for a seed on any machine.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _pretrain(out, n, epochs, size, render_size, seed, batch, lr, log)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _pretrain(out, n, epochs, size, render_size, seed, batch, lr, log) -> dict:
     torch.manual_seed(seed)
     pixels, labels = pretext_set(n, seed, render_size, size)
     hold = max(1, n // 10)
