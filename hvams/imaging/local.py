@@ -5,6 +5,7 @@ import numpy as np
 import torch
 
 from .embed import PixelEmbedder
+from .payload import unpack
 from .source import ImageSource
 
 
@@ -27,12 +28,10 @@ class LocalImages:
         if self.source is not None:
             pixels, valid = self.source.load(keys)
             return self.embedder.embed(keys, pixels, valid)
-        k = len(keys)
-        valid = (payload[:, -1] > 0).numpy()
+        body, valid = unpack(payload, self.model.frozen, self.size)
         if self.model.frozen:
-            return self.embedder.head(payload[:, :-1].float(), valid)
-        pixels = payload[:, :-1].reshape(k, 3, self.size, self.size)
-        return self.embedder.embed(keys, pixels, valid)
+            return self.embedder.head(body, valid)
+        return self.embedder.embed(keys, body, valid)
 
     def stats(self) -> dict:
         out = self.embedder.stats()

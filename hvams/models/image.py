@@ -16,12 +16,14 @@ from torch import nn
 from .layers import mlp
 
 PAPER_HEAD = [256, 64]
+# Backbone output widths: known without building the network (vgg16 cut at fc6).
+FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576}
 
 
 class SmallCNN(nn.Module):
     """Three strided conv layers and global pooling: 64-d features, cheap on a CPU."""
 
-    out_dim = 64
+    out_dim = FEATURE_DIMS["small-cnn"]
 
     def __init__(self):
         super().__init__()
@@ -59,17 +61,15 @@ def torchvision_backbone(name: str, weights: str | None) -> nn.Module:
         net = tvm.resnet18(weights=None)
         full = net
         net.fc = nn.Identity()
-        body, dim = net, 512
+        body = net
     elif name == "vgg16":
         full = tvm.vgg16(weights=None)
         # conv1..conv5, pool, flatten, fc6 + ReLU: the paper's fixed 4096-d part
         body = nn.Sequential(full.features, full.avgpool, nn.Flatten(), full.classifier[0],
                              full.classifier[1])
-        dim = 4096
     elif name == "mobilenet_v3_small":
         full = tvm.mobilenet_v3_small(weights=None)
         body = nn.Sequential(full.features, full.avgpool, nn.Flatten())
-        dim = 576
     else:
         raise ValueError(f"unknown backbone {name!r}")
     if weights:
@@ -78,7 +78,7 @@ def torchvision_backbone(name: str, weights: str | None) -> nn.Module:
         useful = [k for k in missing if not k.startswith(("fc.", "classifier.3", "classifier.6"))]
         if useful:
             raise ValueError(f"{weights}: weights for {name} lack {useful[:5]}...")
-    return _Torchvision(body, dim)
+    return _Torchvision(body, FEATURE_DIMS[name])
 
 
 class ImageEmbedder(nn.Module):

@@ -33,29 +33,24 @@ class Exchange:
         self.counter.add("control", rows.nbytes - rows[self.rank].nbytes)
         return out
 
-    def alltoallv(self, parts: list[np.ndarray], recv_rows: np.ndarray, row_shape: tuple,
-                  dtype, category: str | None = None) -> list[np.ndarray]:
-        """Send ``parts[d]`` to rank d; receive ``recv_rows[s]`` rows from rank s.
+    def alltoallv(self, parts: list[np.ndarray], recv_counts: np.ndarray, dtype) -> list[np.ndarray]:
+        """Send ``parts[d]`` (flattened) to rank d; receive ``recv_counts[s]`` elements from rank s.
 
-        Every part has shape (rows, *row_shape). Returns one array per source.
-        With ``category`` the bytes sent to other ranks are counted under it;
-        callers that mix categories in one buffer count per segment themselves.
+        Returns one flat array per source. Callers count the bytes of each
+        segment under its own category while they pack the parts.
         """
         dtype = np.dtype(dtype)
-        width = int(np.prod(row_shape)) if row_shape else 1
         flat = [np.ascontiguousarray(p, dtype).reshape(-1) for p in parts]
         send_counts = np.array([len(p) for p in flat], np.int64)
         send = np.concatenate(flat) if flat else np.zeros(0, dtype)
-        recv_counts = np.asarray(recv_rows, np.int64) * width
+        recv_counts = np.asarray(recv_counts, np.int64)
         recv = np.empty(int(recv_counts.sum()), dtype)
         mpi_t = _MPI_TYPES[dtype]
         self.counter.beat("an Alltoallv")
         self.comm.Alltoallv([send, (send_counts, _displs(send_counts)), mpi_t],
                             [recv, (recv_counts, _displs(recv_counts)), mpi_t])
-        if category:
-            self.counter.add(category, (send_counts.sum() - send_counts[self.rank]) * dtype.itemsize)
         out, start = [], 0
         for c in recv_counts:
-            out.append(recv[start:start + c].reshape((-1, *row_shape)))
+            out.append(recv[start:start + c])
             start += c
         return out

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from ..imaging.embed import PixelEmbedder
+from ..imaging.payload import pack
 from ..imaging.source import ImageSource
 from .channels import ChannelSpec
 
@@ -77,10 +78,8 @@ class PixelChannel:
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
         pixels, valid = self.source.load(keys)
         if self.embedder is not None:  # frozen backbone: features, computed once per key
-            feats = self.embedder.backbone_features(keys, pixels, valid).numpy()
-            return np.concatenate([feats, valid[:, None].astype(np.float32)], axis=1)
-        flat = pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy()
-        return np.concatenate([flat, valid[:, None].astype(np.uint8)], axis=1)
+            return pack(self.embedder.backbone_features(keys, pixels, valid).numpy(), valid)
+        return pack(pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy(), valid)
 
     def update(self, keys, grads, lr_scale) -> None:
         raise RuntimeError("store-in-server image payloads take no gradients")

@@ -97,7 +97,7 @@ class ServerLoop:
         empty = [np.zeros(0, np.int64)] * self.topo.size
         recv_rows = counts.sum(1)
         # Keys of all channels travel in one buffer; categories by channel kind.
-        flat = self.ex.alltoallv(empty, recv_rows, (), np.int64)
+        flat = self.ex.alltoallv(empty, recv_rows, np.int64)
         return [_split(flat[s], counts[s], [1] * len(self.channels)) for s in range(self.topo.size)]
 
     def _send_rows(self, reply: list[list[np.ndarray]]) -> None:
@@ -110,7 +110,7 @@ class ServerLoop:
                         self.counter.add(self.channels[c].spec.row_category, seg.nbytes)
                 parts.append(np.concatenate([x.reshape(-1) for x in segs]) if segs else
                              np.zeros(0, self.channels[group[0]].spec.dtype))
-            self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), (),
+            self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64),
                               self.channels[group[0]].spec.dtype)
 
     def _update(self, counts, uniq, inverse, step) -> None:
@@ -119,7 +119,7 @@ class ServerLoop:
         recv = counts[:, trainable] @ np.array(widths, np.int64) if trainable else \
             np.zeros(self.topo.size, np.int64)
         empty = [np.zeros(0, np.float32)] * self.topo.size
-        flat = self.ex.alltoallv(empty, recv, (), np.float32)
+        flat = self.ex.alltoallv(empty, recv, np.float32)
         per_src = [_split(flat[s], counts[s, trainable], widths) for s in range(self.topo.size)]
         scale = self.lr_scale_fn(step)
         for j, c in enumerate(trainable):

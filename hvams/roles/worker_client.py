@@ -51,14 +51,14 @@ class StepClient:
             for spec, seg in zip(self.channels, segs):
                 self.counter.add(spec.key_category, seg.nbytes)
             parts[rank] = np.concatenate(segs)
-        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), (), np.int64)
+        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), np.int64)
         rows: list = [None] * len(self.channels)
         for group in dtype_groups(self.channels):
             widths = np.array([self.channels[c].dim for c in group], np.int64)
             recv = np.zeros(self.topo.size, np.int64)
             recv[self.topo.server_ranks] = counts[:, group] @ widths
             dtype = self.channels[group[0]].dtype
-            flat = self.ex.alltoallv([np.zeros(0, dtype)] * self.topo.size, recv, (), dtype)
+            flat = self.ex.alltoallv([np.zeros(0, dtype)] * self.topo.size, recv, dtype)
             per_channel = {c: [] for c in group}
             for s, rank in enumerate(self.topo.server_ranks):
                 off = 0
@@ -93,5 +93,5 @@ class StepClient:
                 self.counter.add(self.channels[c].grad_category, seg.nbytes)
                 segs.append(seg.reshape(-1))
             parts[rank] = np.concatenate(segs) if segs else np.zeros(0, np.float32)
-        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), (), np.float32)
+        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), np.float32)
         self._pending = None

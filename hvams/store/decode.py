@@ -88,17 +88,3 @@ def decode_rgb(data: bytes, key: int = -1, max_pixels: int = DEFAULT_MAX_PIXELS)
     elif img.dtype != torch.uint8:
         img = img.to(torch.uint8)
     return img
-
-
-def to_model_input(images: list[torch.Tensor], size: int) -> torch.Tensor:
-    """Stack uint8 images into a normalised float batch (N, 3, size, size)."""
-    import torch.nn.functional as F
-
-    out = torch.empty(len(images), 3, size, size)
-    for i, img in enumerate(images):
-        x = img.unsqueeze(0).float().div_(255.0)
-        if x.shape[-1] != size or x.shape[-2] != size:
-            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True,
-                              align_corners=False)
-        out[i] = x[0]
-    return out.sub_(MEAN).div_(STD)

@@ -5,7 +5,6 @@ router); ``channel_specs`` is the one place that decides them.
 """
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig
@@ -13,6 +12,7 @@ from ..data.schema import Schema
 from ..embedding.shard import EmbeddingShard
 from ..imaging.embed import PixelEmbedder
 from ..imaging.local import LocalImages
+from ..imaging.payload import payload_spec
 from ..imaging.source import ImageSource
 from ..models.image import build_image_model
 from ..roles.channels import EmbeddingChannel, id_channel, image_channel
@@ -28,15 +28,10 @@ def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
         P = read_manifest(cfg.images_dir)["partitions"]
         if cfg.strategy == "ams":
             specs.append(image_channel(P, cfg.emb_dim))
-        elif cfg.freeze_backbone:      # store-in-server: cached backbone features + flag
-            specs.append(image_channel(P, _feature_dim(cfg) + 1, np.float32, trainable=False))
-        else:                          # store-in-server: decoded pixels + validity byte
-            specs.append(image_channel(P, 3 * cfg.image_size ** 2 + 1, np.uint8, trainable=False))
+        else:  # store-in-server: pixels or frozen-backbone features, plus validity
+            width, dtype = payload_spec(cfg.backbone, cfg.freeze_backbone, cfg.image_size)
+            specs.append(image_channel(P, width, dtype, trainable=False))
     return specs
-
-
-def _feature_dim(cfg: TrainConfig) -> int:
-    return build_image_model(cfg).feature_dim
 
 
 def _image_source(cfg: TrainConfig, server: int | None, num_servers: int) -> ImageSource:
