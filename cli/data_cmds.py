@@ -16,7 +16,8 @@ def data():
 
 @data.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--preset", "preset_name", type=click.Choice(["tiny", "demo", "bench"]), default="demo",
+@click.option("--preset", "preset_name", type=click.Choice(["tiny", "demo", "bench", "paper"]),
+              default="demo",
               show_default=True, help="Size of the world.")
 @click.option("--seed", type=int, default=None, help="World seed (default 0).")
 @click.option("--users", type=int, default=None)

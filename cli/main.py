@@ -76,7 +76,7 @@ def smoke(servers, placement, local_np):
 
 def _register():
     # Sub-command modules attach themselves to ``main`` on import.
-    from . import data_cmds, serve_cmds, train_cmd  # noqa: F401
+    from . import bench_cmds, data_cmds, serve_cmds, train_cmd  # noqa: F401
 
 
 _register()

@@ -48,6 +48,7 @@ def _rank() -> int:
 @click.option("--warm-start", type=click.Path(exists=True, file_okay=False),
               help="Start from RUN_DIR's model, except its ID embeddings (partial warm-up).")
 @click.option("--log-every", type=int, help="Steps between progress lines and TensorBoard points.")
+@click.option("--eval-every", type=int, help="Steps between test evaluations (0: after each epoch).")
 @click.option("--no-progress", "progress", flag_value=False, default=None)
 @click.option("--step-timeout", type=float,
               help="Seconds without progress before a rank aborts the job (fail fast).")

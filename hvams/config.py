@@ -71,6 +71,8 @@ class TrainConfig:
     resume: bool = False
     progress: bool = True
     log_every: int = 50
+    eval_every: int = 0                  # steps between test evaluations; 0 = after each epoch
+    evaluate: bool = True                # False: no test evaluation at all (benchmarks)
     tensorboard: str | None = None       # TensorBoard log directory
     warm_start: str | None = None        # RUN_DIR: load all but the ID embeddings (paper Table 5)
     step_timeout: float = 600.0          # seconds without progress before a rank aborts the job
@@ -97,6 +99,7 @@ class TrainConfig:
         need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
         need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be at least 1")
         need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        need(self.eval_every >= 0, "eval_every", "must be >= 0")
         need(self.step_timeout >= 0, "step_timeout", "must be >= 0 (0 = no watchdog)")
         need(all(d >= 1 for d in self.mlp) and self.mlp, "mlp", "needs positive layer sizes")
         need(all(d >= 1 for d in self.attention), "attention", "needs positive layer sizes")

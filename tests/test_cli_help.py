@@ -5,7 +5,8 @@ import sys
 import pytest
 
 COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["images", "ingest"], ["images", "verify"],
-            ["images", "stats"], ["train"], ["export"], ["predict"]]
+            ["images", "stats"], ["train"], ["export"], ["predict"], ["bench", "comm"],
+            ["bench", "speed"], ["bench", "quality"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

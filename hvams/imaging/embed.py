@@ -15,6 +15,9 @@ from .lru import LRU
 from .source import normalize
 
 
+FROZEN_CHUNK = 256  # images per frozen-backbone forward: bounds activation memory
+
+
 class PixelEmbedder:
     """Pixels -> features (cached per key when the backbone is frozen) -> embeddings."""
 
@@ -28,21 +31,33 @@ class PixelEmbedder:
         """(k, F) features of the valid keys (rows of invalid keys are zeros)."""
         k = len(keys)
         out = torch.zeros((k, self.model.feature_dim))
-        todo = []
-        for i in np.flatnonzero(valid):
-            hit = self.features.get(int(keys[i])) if self.model.frozen else None
+        rows = np.flatnonzero(valid)
+        if not self.model.frozen:
+            if len(rows):
+                idx = torch.from_numpy(rows)
+                feats = self.model.features(normalize(pixels.index_select(0, idx)))
+                self.backbone_runs += len(rows)
+                out = out.index_put((idx,), feats)
+            return out
+        todo, hit_rows, hits = [], [], []
+        for i in rows:
+            hit = self.features.get(int(keys[i]))
             if hit is None:
                 todo.append(i)
             else:
-                out[i] = hit
-        if todo:
-            idx = torch.as_tensor(todo)
-            feats = self.model.features(normalize(pixels.index_select(0, idx)))
-            self.backbone_runs += len(todo)
-            if self.model.frozen:
-                for j, i in enumerate(todo):
+                hit_rows.append(i)
+                hits.append(hit)
+        if hits:  # one copy for all hits, not one per row
+            out.index_copy_(0, torch.as_tensor(hit_rows), torch.stack(hits))
+        with torch.no_grad():
+            for start in range(0, len(todo), FROZEN_CHUNK):
+                part = todo[start:start + FROZEN_CHUNK]
+                idx = torch.as_tensor(part)
+                feats = self.model.features(normalize(pixels.index_select(0, idx)))
+                for j, i in enumerate(part):
                     self.features.put(int(keys[i]), feats[j].clone())
-            out = out.index_put((idx,), feats) if feats.requires_grad else out.index_copy_(0, idx, feats)
+                out.index_copy_(0, idx, feats)
+        self.backbone_runs += len(todo)
         return out
 
     def head(self, feats: torch.Tensor, valid: np.ndarray) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ..protocol.timing import stage
 from .embed import PixelEmbedder
 from .payload import unpack
 from .source import ImageSource
@@ -26,7 +27,8 @@ class LocalImages:
 
     def embed(self, keys: np.ndarray, payload: torch.Tensor | None) -> torch.Tensor:
         if self.source is not None:
-            pixels, valid = self.source.load(keys)
+            with stage("decode"):
+                pixels, valid = self.source.load(keys)
             return self.embedder.embed(keys, pixels, valid)
         body, valid = unpack(payload, self.model.frozen, self.size)
         if self.model.frozen:

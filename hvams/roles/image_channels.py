@@ -17,6 +17,7 @@ import torch
 from ..imaging.embed import PixelEmbedder
 from ..imaging.payload import pack
 from ..imaging.source import ImageSource
+from ..protocol.timing import stage
 from .channels import ChannelSpec
 
 
@@ -30,12 +31,14 @@ class AmsImageChannel:
         self._out = None
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
-        pixels, valid = self.source.load(keys)
-        if train:
-            self._out = self.embedder.embed(keys, pixels, valid)
-            return self._out.detach().numpy()
-        with torch.no_grad():
-            return self.embedder.embed(keys, pixels, valid).numpy()
+        with stage("decode"):
+            pixels, valid = self.source.load(keys)
+        with stage("image_compute"):
+            if train:
+                self._out = self.embedder.embed(keys, pixels, valid)
+                return self._out.detach().numpy()
+            with torch.no_grad():
+                return self.embedder.embed(keys, pixels, valid).numpy()
 
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
         if len(keys):
@@ -49,13 +52,15 @@ class AmsImageChannel:
             import horovod.torch as hvd
 
             self.counter.add("allreduce_servers", sum(g.numel() * g.element_size() for g in grads))
-            grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
-                                          name="image_model_grads")
+            with stage("image_allreduce"):
+                grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
+                                              name="image_model_grads")
         for p, g in zip(self.params, grads):
             p.grad = g
         for group in self.opt.param_groups:
             group["lr"] = self.lr * lr_scale
-        self.opt.step()
+        with stage("image_compute"):
+            self.opt.step()
         self.opt.zero_grad(set_to_none=True)
 
     def state(self) -> dict:
@@ -76,9 +81,12 @@ class PixelChannel:
         self.spec, self.source, self.embedder = spec, source, embedder
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
-        pixels, valid = self.source.load(keys)
+        with stage("decode"):
+            pixels, valid = self.source.load(keys)
         if self.embedder is not None:  # frozen backbone: features, computed once per key
-            return pack(self.embedder.backbone_features(keys, pixels, valid).numpy(), valid)
+            with stage("image_compute"):
+                feats = self.embedder.backbone_features(keys, pixels, valid).numpy()
+            return pack(feats, valid)
         return pack(pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy(), valid)
 
     def update(self, keys, grads, lr_scale) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from ..protocol.accounting import ByteCounter
 from ..protocol.exchange import Exchange
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
+from ..protocol.timing import stage
 from ..distributed.failfast import maybe_inject_fault
 from ..distributed.topology import Topology
 from .channels import dtype_groups
@@ -48,7 +49,8 @@ class ServerLoop:
             pass
 
     def step(self) -> bool:
-        hdr = self.ex.headers(np.zeros((self.topo.size, self.width), np.int64))
+        with stage("wait"):  # blocked until every worker has sent its header
+            hdr = self.ex.headers(np.zeros((self.topo.size, self.width), np.int64))
         wh = hdr[self.workers]
         phase, step = int(wh[0, 0]), int(wh[0, 1])
         if not (wh[:, 0] == phase).all() or not (wh[:, 1] == step).all():
@@ -64,14 +66,20 @@ class ServerLoop:
         counts = hdr[:, HEADER_FIXED:]                       # (sources, channels)
         train = phase == Phase.TRAIN
         t0 = time.perf_counter()
-        keys = self._recv_keys(counts)
+        with stage("comm"):
+            keys = self._recv_keys(counts)
         uniq, inverse, reply = [], [], [[] for _ in range(self.topo.size)]
         for c, ch in enumerate(self.channels):
             per_src = [keys[s][c] for s in range(self.topo.size)]
             u, inv = np.unique(np.concatenate(per_src), return_inverse=True)
             self.stats["requested"][ch.spec.name] += len(inv)
             self.stats["unique"][ch.spec.name] += len(u)
-            rows = ch.serve(u, train).reshape(len(u), ch.spec.dim)
+            if ch.spec.name == "image":  # the image channel times its own decode / compute
+                rows = ch.serve(u, train)
+            else:
+                with stage("id_serve"):
+                    rows = ch.serve(u, train)
+            rows = rows.reshape(len(u), ch.spec.dim)
             uniq.append(u)
             inverse.append(inv)
             start = 0
@@ -79,7 +87,8 @@ class ServerLoop:
                 k = len(per_src[s])
                 reply[s].append(rows[inv[start:start + k]])
                 start += k
-        self._send_rows(reply)
+        with stage("comm"):
+            self._send_rows(reply)
         self.stats["serve_s"] += time.perf_counter() - t0
         if train and global_n > 0:
             t1 = time.perf_counter()
@@ -119,7 +128,8 @@ class ServerLoop:
         recv = counts[:, trainable] @ np.array(widths, np.int64) if trainable else \
             np.zeros(self.topo.size, np.int64)
         empty = [np.zeros(0, np.float32)] * self.topo.size
-        flat = self.ex.alltoallv(empty, recv, np.float32)
+        with stage("comm"):
+            flat = self.ex.alltoallv(empty, recv, np.float32)
         per_src = [_split(flat[s], counts[s, trainable], widths) for s in range(self.topo.size)]
         scale = self.lr_scale_fn(step)
         for j, c in enumerate(trainable):
@@ -127,7 +137,12 @@ class ServerLoop:
             g = np.concatenate([per_src[s][j] for s in range(self.topo.size)]).reshape(-1, ch.spec.dim)
             summed = np.zeros((len(uniq[c]), ch.spec.dim), np.float32)
             _index_add(summed, inverse[c], g)
-            ch.update(uniq[c], summed, scale)
+            if ch.spec.name == "image":
+                with stage("image_compute"):
+                    ch.update(uniq[c], summed, scale)
+            else:
+                with stage("id_update"):
+                    ch.update(uniq[c], summed, scale)
         for ch in self.channels:
             ch.after_update(scale)
 

@@ -17,6 +17,7 @@ from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
 from ..distributed.reports import write_report
 from ..distributed.topology import build_topology, finish
+from ..protocol import timing
 from ..protocol.accounting import ByteCounter
 from . import checkpoint as ckpt
 from .assemble import channel_specs
@@ -63,7 +64,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
     tb.close()
     elapsed = time.perf_counter() - t0
     result.update({"role": topo.role, "role_rank": topo.role_rank, "bytes": counter.snapshot(),
-                   "elapsed_s": elapsed})
+                   "elapsed_s": elapsed, "stage_s": timing.snapshot()})
     gathered = topo.world.gather(result, root=0)
     summary = None
     if topo.rank == 0:
@@ -71,7 +72,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(format_bytes_table(summary), flush=True)
     write_report("train", topo.rank, {"role": topo.role, **{k: v for k, v in result.items()
-                                                           if k != "losses"}})
+                                                           if k not in ("losses", "step_s")}})
     watchdog.stop()
     finish(topo)
     return summary

@@ -36,6 +36,16 @@ def image_summary(servers: list[dict], workers: list[dict]) -> dict | None:
     return out
 
 
+def stage_seconds(results: list[dict]) -> dict[str, dict[str, float]]:
+    """Mean seconds per stage over the ranks of each role."""
+    out = {}
+    for role in ("server", "worker"):
+        ranks = [r.get("stage_s", {}) for r in results if r["role"] == role]
+        names = sorted({k for r in ranks for k in r})
+        out[role] = {k: sum(r.get(k, 0.0) for r in ranks) / max(len(ranks), 1) for k in names}
+    return out
+
+
 def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: float) -> dict:
     workers = [r for r in results if r["role"] == "worker"]
     servers = [r for r in results if r["role"] == "server"]
@@ -59,7 +69,8 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
                                          for m in w["worker"]["reject_examples"]][:10]},
             "elapsed_s": elapsed, "samples_per_s": samples / elapsed if elapsed else 0.0,
             "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
-            "losses": w0["losses"], "final_step": w0["final_step"],
+            "losses": w0["losses"], "final_step": w0["final_step"], "step_s": w0["step_s"],
+            "stage_s": stage_seconds(results),
             "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
             "images": image_summary(servers, workers),
             "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}

@@ -8,6 +8,7 @@ equals one step of a single process on the concatenated global batch.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,7 @@ from ..distributed.failfast import maybe_inject_fault
 from ..metrics import evaluate
 from ..models.inputs import build_inputs, labels_of
 from ..protocol.messages import Phase
+from ..protocol.timing import stage
 from ..roles.worker_client import StepClient
 from .plan import lr_scale
 
@@ -70,13 +72,19 @@ class WorkerTrainer:
                                        process_set=topo.worker_set)
         self.opt = opt
         self.losses: list[float] = []      # this worker's loss sums, one per step
+        # Wall time between consecutive step ends (so reading counts too); the
+        # first entry times only the first step itself.
+        self.step_s: list[float] = []
+        self._last_end: float | None = None
         self.samples = 0
 
     def train_step(self, batch: Batch | None, pos: Position) -> bool:
         """One synchronous step; False when no worker had data (day finished)."""
         n = batch.n if batch is not None else 0
         maybe_inject_fault(self.topo.rank, pos.step)
-        rows, global_n = self.client.pull(Phase.TRAIN, pos.step, n, batch_keys(batch, self.names))
+        t0 = time.perf_counter()
+        with stage("pull"):  # communication plus waiting for the servers' answers
+            rows, global_n = self.client.pull(Phase.TRAIN, pos.step, n, batch_keys(batch, self.names))
         if global_n == 0:
             return False
         for c, spec in enumerate(self.client.channels):
@@ -85,18 +93,24 @@ class WorkerTrainer:
         for group in self.opt.param_groups:
             group["lr"] = group["base_lr"] * lr_scale(pos.step, self.cfg)
         self.opt.zero_grad()
-        if batch is not None and batch.n:
-            logits = self.model(self._inputs(batch, rows))
-            loss_sum = F.cross_entropy(logits, labels_of(batch, self.schema), reduction="sum")
-        else:
-            # No samples here this step: zero gradients still join the allreduce.
-            loss_sum = sum(p.sum() for p in self.params) * 0.0
-        (loss_sum / global_n).backward()
-        self.client.push([r.grad if r.requires_grad else None for r in rows])
+        with stage("compute"):  # forward + backward (and a local image model's decode)
+            if batch is not None and batch.n:
+                logits = self.model(self._inputs(batch, rows))
+                loss_sum = F.cross_entropy(logits, labels_of(batch, self.schema), reduction="sum")
+            else:
+                # No samples here this step: zero gradients still join the allreduce.
+                loss_sum = sum(p.sum() for p in self.params) * 0.0
+            (loss_sum / global_n).backward()
+        with stage("push"):
+            self.client.push([r.grad if r.requires_grad else None for r in rows])
         if self.topo.num_workers > 1:
             self.client.counter.add("allreduce_workers", sum(
                 p.grad.numel() * p.grad.element_size() for p in self.params))
-        self.opt.step()
+        with stage("allreduce_step"):  # Horovod allreduce of dense gradients + Adam
+            self.opt.step()
+        end = time.perf_counter()
+        self.step_s.append(end - (self._last_end if self._last_end is not None else t0))
+        self._last_end = end
         self.losses.append(float(loss_sum.detach()))
         self.samples += n
         self.last_n = n
@@ -136,6 +150,7 @@ class WorkerTrainer:
             if s.p_true and s.p_true in batch.values:
                 cols["p_true"].append(batch.values[s.p_true])
         self.model.train()
+        self._last_end = None  # evaluation time is not step time
         local = {k: np.concatenate(v) if v else None for k, v in cols.items()}
         gathered = self.topo.role_comm.gather(local, root=0)
         if self.topo.role_rank != 0:

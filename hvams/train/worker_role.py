@@ -9,6 +9,7 @@ import torch
 from ..data.reader import DayReader, reader_totals
 from ..models import build_model
 from ..protocol.messages import Phase
+from ..protocol.timing import stage
 from ..roles.worker_client import StepClient
 from . import checkpoint as ckpt
 from . import warm_start
@@ -54,6 +55,8 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
         return d
 
     def run_eval(epoch):
+        if not cfg.evaluate:
+            return None
         res = trainer.evaluate_day(test_day, pos.step)
         if res is not None:
             record = {"epoch": epoch, "step": pos.step, "split": "test", "day": test_day.name, **res}
@@ -79,12 +82,16 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
                 if cfg.max_steps is not None and pos.step >= cfg.max_steps:
                     stopped = True
                     break
-                if not trainer.train_step(next(it, None), pos):
+                with stage("read"):  # waiting on the reader's prefetch thread
+                    batch = next(it, None)
+                if not trainer.train_step(batch, pos):
                     break
                 tb.add_step(trainer.losses[-1], trainer.last_n)
                 tb.after_step(pos.step - 1)
                 if cfg.checkpoint_every and pos.step % cfg.checkpoint_every == 0:
                     last_ckpt = (pos.step, checkpoint())
+                if cfg.eval_every and pos.step % cfg.eval_every == 0:
+                    run_eval(epoch)
             if stopped:
                 break
         if stopped:
@@ -100,7 +107,7 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     total = np.zeros_like(losses)
     topo.role_comm.Allreduce(losses, total)
     out = {"worker": {"samples": trainer.samples, "steps": len(losses), **reader_totals(readers)},
-           "losses": total.tolist(), "final_step": pos.step}
+           "losses": total.tolist(), "final_step": pos.step, "step_s": trainer.step_s}
     if local is not None:
         out["images"] = local.stats()
         out["image_model_sha256"] = state_digest(local.model.state_dict())

@@ -1,0 +1,188 @@
+"""``hvams bench comm|speed|quality``: the benchmarks of docs/benchmarks.md."""
+from __future__ import annotations
+
+import functools
+import shlex
+import sys
+from pathlib import Path
+
+import click
+
+from hvams.bench.quality import MODELS as QUALITY_MODELS
+from hvams.config import BACKBONES
+
+from .main import EXIT_FAILED, EXIT_USAGE, main
+
+
+@main.group()
+def bench():
+    """Benchmarks: bytes per batch, samples/s, and model quality of the strategies."""
+
+
+def _common(f):
+    """Options every bench command shares: the data, the ranks, the base config."""
+    opts = [
+        click.option("--data", required=True, type=click.Path(file_okay=False),
+                     help="Data directory (a synthetic world)."),
+        click.option("--out", type=click.Path(file_okay=False),
+                     help="Bench directory (runs, JSON, tables)."),
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML train config the runs start from."),
+        click.option("--local", "ranks", type=int, default=4, show_default=True,
+                     help="Ranks of each run (mpirun on this machine)."),
+        click.option("--servers", type=int, default=2, show_default=True),
+        click.option("--batch-size", type=int, help="Samples per worker per step."),
+        click.option("--backbone", type=click.Choice(list(BACKBONES))),
+        click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
+                     help="Default: DATA/backbone/small-cnn.pt if it exists (small-cnn only)."),
+        click.option("--image-size", type=int),
+        click.option("--timeout", type=float, default=1800, show_default=True,
+                     help="Seconds one run may take before the bench fails."),
+    ]
+    return functools.reduce(lambda acc, o: o(acc), reversed(opts), f)
+
+
+def _base(data, config_path, servers, batch_size, backbone, backbone_weights, image_size, **extra):
+    from hvams.config import load_config
+
+    cfg = load_config(config_path, {"data": data, "servers": servers, "batch_size": batch_size,
+                                    "backbone": backbone, "image_size": image_size, **extra})
+    default_w = Path(data) / "backbone" / "small-cnn.pt"
+    if backbone_weights:
+        cfg.backbone_weights = backbone_weights
+    elif cfg.backbone_weights is None and cfg.backbone == "small-cnn" and default_w.exists():
+        cfg.backbone_weights = str(default_w)
+    return cfg
+
+
+def _finish(out: Path, name: str, text: str) -> None:
+    command = "hvams " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    (out / f"{name}.md").write_text(f"Command: `{command}`\n\n{text}\n")
+    click.echo(text)
+    click.echo(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}")
+
+
+def _guard(fn):
+    @functools.wraps(fn)
+    def run(*args, **kwargs):
+        from hvams.bench.jobs import BenchError
+        from hvams.config import ConfigError
+
+        try:
+            return fn(*args, **kwargs)
+        except ConfigError as exc:
+            click.echo(f"hvams: error: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE)
+        except BenchError as exc:
+            click.echo(f"hvams: bench failed: {exc}", err=True)
+            raise SystemExit(EXIT_FAILED)
+    return run
+
+
+@bench.command()
+@_common
+@click.option("--steps", type=int, default=3, show_default=True, help="Steps of each strategy.")
+@click.option("--preset", type=click.Choice(["paper"]),
+              help="paper: synthesise the paper-like world in DATA if absent; batch 3,000 per worker, "
+                   "frozen vgg16 (4096-d fc6) at 32 px, as in the paper's Table 2.")
+@_guard
+def comm(out, ranks, steps, preset, timeout, **opts):
+    """Bytes per batch of store-in-worker, store-in-server and AMS (paper Table 2).
+
+    \b
+    Example:
+      hvams bench comm --data data/paper --preset paper --out runs/bench/comm
+      hvams bench comm --data data/demo --batch-size 512 --steps 5
+    """
+    from hvams.bench.comm import format_comm, run_comm
+
+    extra = {"model": "dicm"}
+    if preset == "paper":
+        if not (Path(opts["data"]) / "world.json").exists():
+            from hvams.data.synth import preset as world_preset, synthesize
+
+            click.echo(f"bench comm: synthesising the paper-like world in {opts['data']} ...")
+            synthesize(opts["data"], world_preset("paper"), overwrite=True)
+        opts["batch_size"] = opts["batch_size"] or 3000
+        opts["backbone"] = opts["backbone"] or "vgg16"
+        extra["freeze_backbone"] = True
+    cfg = _base(**opts, **extra)
+    out = Path(out or "runs/bench/comm")
+    result = run_comm(cfg, ranks, steps, out, timeout)
+    _finish(out, "comm", format_comm(result))
+
+
+@bench.command()
+@_common
+@click.option("--steps", type=int, default=30, show_default=True, help="Steps of each run.")
+@click.option("--warmup", type=int, default=5, show_default=True, help="Steps left out of the rate.")
+@click.option("--rounds", type=int, default=3, show_default=True, help="Interleaved rounds.")
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["trainable", "frozen"]),
+              help="Backbone variants (default both).")
+@click.option("--no-one-process", "one_process", flag_value=False, default=True,
+              help="Skip the one-process baseline.")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write the samples/s chart (PNG) here.")
+@_guard
+def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeout, **opts):
+    """Samples/s of the three strategies (interleaved) and of one process.
+
+    \b
+    Example:
+      hvams bench speed --data data/demo --batch-size 256 --out runs/bench/speed \\
+        --chart docs/img/speed.png
+    """
+    from hvams.bench.speed import VARIANTS, format_speed, run_speed
+
+    cfg = _base(**opts, model="dicm")
+    out = Path(out or "runs/bench/speed")
+    result = run_speed(cfg, ranks, steps, rounds, warmup, out, list(variants) or list(VARIANTS),
+                       one_process, timeout)
+    _finish(out, "speed", format_speed(result))
+    if chart:
+        from hvams.bench.charts import speed_chart
+
+        speed_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")
+
+
+@bench.command()
+@_common
+@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")
+@click.option("--models", default=",".join(QUALITY_MODELS), show_default=True,
+              help="Comma-separated models (dicm with its aggregator).")
+@click.option("--epochs", type=int)
+@click.option("--train-days", help="Comma-separated day directories to train on (default: world.json's).")
+@click.option("--eval-every", type=int, help="Steps between test evaluations (the AUC curve).")
+@click.option("--chart", type=click.Path(dir_okay=False),
+              help="Write the AUC-over-training chart (PNG) here.")
+@_guard
+def quality(out, ranks, seeds, models, epochs, train_days, eval_every, chart, timeout, **opts):
+    """Test AUC, GAUC and new-ad AUC of every model over seeds (paper Tables 3, 4, 6).
+
+    \b
+    Example:
+      hvams bench quality --data data/bench --batch-size 512 --eval-every 250 \\
+        --out runs/bench/quality --chart docs/img/auc.png
+    """
+    from hvams.bench.quality import MODELS, format_quality, run_quality
+
+    names = [m.strip() for m in models.split(",") if m.strip()]
+    bad = [m for m in names if m not in MODELS]
+    if bad:
+        click.echo(f"hvams: error: unknown model(s) {bad}; choose from {list(MODELS)}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    try:
+        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        click.echo(f"hvams: error: --seeds must be comma-separated integers (got {seeds!r})", err=True)
+        raise SystemExit(EXIT_USAGE)
+    cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=True,
+                train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
+    out = Path(out or "runs/bench/quality")
+    result = run_quality(cfg, ranks, seed_list, names, out, timeout)
+    _finish(out, "quality", format_quality(result))
+    if chart:
+        from hvams.bench.charts import auc_chart
+
+        auc_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")

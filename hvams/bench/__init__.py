@@ -1,0 +1,1 @@
+"""``hvams bench``: communication, speed and quality of the three strategies."""

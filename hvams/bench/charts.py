@@ -1,0 +1,54 @@
+"""PNG charts for docs/benchmarks.md (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+
+def speed_chart(result: dict, path: Path, caption: str) -> Path:
+    """Grouped bars: samples/s by strategy, one group per backbone variant."""
+    variants = list(result["median"])
+    cols = list(result["median"][variants[0]])
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    width = 0.8 / len(cols)
+    for i, c in enumerate(cols):
+        xs = [j + i * width for j in range(len(variants))]
+        ys = [result["median"][v][c] for v in variants]
+        bars = ax.bar(xs, ys, width, label=c)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks([j + width * (len(cols) - 1) / 2 for j in range(len(variants))],
+                  [f"{v} backbone" for v in variants])
+    ax.set_ylabel("samples/s (median of rounds)")
+    ax.set_title("Training speed by strategy", fontsize=11)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def auc_chart(result: dict, path: Path, caption: str) -> Path:
+    """Test AUC over training steps, mean over seeds, one line per model."""
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    for name, by_seed in result["runs"].items():
+        curves = list(by_seed.values())
+        steps = [s for s, _ in curves[0]["curve"]]
+        n = min(len(c["curve"]) for c in curves)
+        mean = [sum(c["curve"][i][1] for c in curves) / len(curves) for i in range(n)]
+        ax.plot(steps[:n], mean, marker="o", markersize=3, label=name)
+    oracle = next(iter(result["table"].values()))["oracle_auc"]
+    ax.axhline(oracle, color="grey", linestyle="--", linewidth=1, label="oracle")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.set_title("Test AUC over training", fontsize=11)
+    ax.legend(fontsize=7, ncol=2)
+    fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,116 @@
+"""``hvams bench speed``: samples/s of the three strategies and of one process.
+
+Runs are interleaved (round r runs every variant and strategy before round
+r+1), so a noisy neighbour slows all of them alike. The rate of a run is the
+global batch over the median step time after ``warmup`` steps; a step's time
+is the wall time between consecutive step ends on worker 0 (reading
+included). The one-process baseline trains the same model on the same global
+batches with no MPI, all cores to one process, and gives the protocol's
+overhead ratio. Each run's summary also says where the time went, per role.
+"""
+from __future__ import annotations
+
+import os
+import statistics
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+from ..config import TrainConfig
+from ..data.schema import Schema
+from .comm import STRATEGIES
+from .jobs import save_json, train_job
+from .machine import label
+from .oneproc import OneProcess, global_batches
+
+VARIANTS = ("trainable", "frozen")
+ONE_PROCESS = "one process"
+
+
+def variant_config(base: TrainConfig, variant: str) -> TrainConfig:
+    return replace(base, freeze_backbone=(variant == "frozen"))
+
+
+def steady_rate(step_s: list[float], global_batch: float, warmup: int) -> float:
+    """Samples/s from the median step time after ``warmup`` steps."""
+    steady = step_s[warmup:] or step_s
+    return global_batch / statistics.median(steady)
+
+
+def one_process_rate(cfg: TrainConfig, workers: int, steps: int, warmup: int) -> float:
+    """Samples/s of the plain one-process trainer on the same global batches."""
+    schema = Schema.load(cfg.data)
+    batches = global_batches(cfg, schema, workers, steps)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        trainer = OneProcess(cfg, schema, batches)
+        trainer.train()
+    finally:
+        torch.set_num_threads(threads)
+    return steady_rate(trainer.step_s, sum(b.n for b in batches) / len(batches), warmup)
+
+
+def run_speed(base: TrainConfig, ranks: int, steps: int, rounds: int, warmup: int, out: Path,
+              variants=VARIANTS, one_process: bool = True, timeout: float = 1800) -> dict:
+    """Interleaved rounds of every variant x strategy (+ one process); rates and breakdowns."""
+    rates = {v: {s: [] for s in (*STRATEGIES, *([ONE_PROCESS] if one_process else []))}
+             for v in variants}
+    stages, layout = {v: {} for v in variants}, None
+    for r in range(rounds):
+        for v in variants:
+            cfg_v = variant_config(base, v)
+            for s in STRATEGIES:
+                cfg = replace(cfg_v, strategy=s, max_steps=steps, evaluate=False,
+                              out=str(out / f"{v}-{s}"), checkpoint_every=0)
+                print(f"bench speed: round {r + 1}/{rounds}, {v} backbone, {s} ...", flush=True)
+                summ = train_job(cfg, ranks, timeout)["summary"]
+                global_batch = summ["samples"] / max(summ["steps"], 1)
+                rates[v][s].append(steady_rate(summ["step_s"], global_batch, warmup))
+                per_step = max(summ["steps"], 1)
+                stages[v][s] = {role: {k: t / per_step for k, t in st.items()}
+                                for role, st in summ["stage_s"].items()}
+                layout = (summ["servers"], summ["workers"])
+            if one_process:
+                print(f"bench speed: round {r + 1}/{rounds}, {v} backbone, one process ...", flush=True)
+                rates[v][ONE_PROCESS].append(one_process_rate(cfg_v, layout[1], steps, warmup))
+    result = {"machine": label(*layout), "servers": layout[0], "workers": layout[1],
+              "steps": steps, "warmup": warmup, "rounds": rounds,
+              "batch_size_per_worker": base.batch_size, "backbone": base.backbone,
+              "image_size": base.image_size, "rates": rates,
+              "median": {v: {s: statistics.median(x) for s, x in rs.items()} for v, rs in rates.items()},
+              "stage_s_per_step": stages}
+    result["ratios"] = {}
+    for v, med in result["median"].items():
+        result["ratios"][v] = {"ams_over_store_in_worker": med["ams"] / med["store-in-worker"],
+                               "ams_over_store_in_server": med["ams"] / med["store-in-server"]}
+        if one_process:
+            result["ratios"][v]["ams_step_over_one_process_step"] = med[ONE_PROCESS] / med["ams"]
+    save_json(out / "speed.json", result)
+    return result
+
+
+def format_speed(r: dict) -> str:
+    cols = list(next(iter(r["median"].values())))
+    lines = ["| backbone | " + " | ".join(f"{c} (samples/s)" for c in cols) +
+             " | AMS / store-in-worker | AMS step / one-process step |",
+             "|---" * (len(cols) + 3) + "|"]
+    for v, med in r["median"].items():
+        ratios = r["ratios"][v]
+        one = ratios.get("ams_step_over_one_process_step")
+        lines.append(f"| {v} | " + " | ".join(f"{med[c]:,.0f}" for c in cols) +
+                     f" | {ratios['ams_over_store_in_worker']:.2f}x | "
+                     + (f"{one:.2f}x" if one is not None else "-") + " |")
+    lines += ["", "Milliseconds per step by stage (mean over the ranks of each role):", ""]
+    for v, by_s in r["stage_s_per_step"].items():
+        for role in ("server", "worker"):
+            names = sorted({k for s in by_s.values() for k in s.get(role, {})})
+            if not names:
+                continue
+            lines += [f"| {v} / {role} | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+            for s, st in by_s.items():
+                lines.append(f"| {s} | " + " | ".join(f"{1000 * st.get(role, {}).get(k, 0):.1f}"
+                                                     for k in names) + " |")
+            lines.append("")
+    return "\n".join(lines)

@@ -1,0 +1,101 @@
+"""Smoke runs of the three bench commands on the tiny world: their output must add up.
+
+Timing is not asserted (benchmarks report it); what is asserted is that the
+tables are computed from the runs: byte figures match the protocol's exact
+per-image sizes, ratios match their parts, and quality figures match the
+runs' own metrics.
+"""
+import json
+import math
+
+import pytest
+
+from mpi_harness import py, run_job
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+def bench(*args, timeout=600):
+    res = run_job(py("cli", "bench", *args), timeout)
+    assert not res.timed_out, res.output[-3000:]
+    return res
+
+
+def test_bench_comm_counts_exact_bytes(tiny_world, tmp_path):
+    out = tmp_path / "comm"
+    res = bench("comm", "--data", tiny_world, "--batch-size", 64, "--steps", 2, "--out", out)
+    assert res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "comm.json").read_text())
+    s = r["strategies"]
+    assert set(s) == {"store-in-worker", "store-in-server", "ams"}
+    assert r["same_batches"] and s["ams"]["samples_per_step"] == 128
+    uniq = s["ams"]["worker_unique_images_per_step"]
+    assert uniq > 0 and uniq == s["store-in-server"]["worker_unique_images_per_step"]
+    # Exact payloads: 8 B keys; AMS 12 x fp32 each way; store-in-server 32x32x3 uint8 + validity.
+    assert s["ams"]["by_category"]["image_keys"] == pytest.approx(8 * uniq)
+    assert s["ams"]["by_category"]["image_payload"] == pytest.approx(48 * uniq)
+    assert s["ams"]["by_category"]["image_grads"] == pytest.approx(48 * uniq)
+    assert s["store-in-server"]["by_category"]["image_payload"] == pytest.approx(3073 * uniq)
+    assert s["store-in-worker"]["image"] == 0
+    assert s["store-in-worker"]["by_category"].get("image_payload", 0) == 0
+    # ID traffic does not depend on the strategy.
+    for cat in ("id_keys", "id_rows", "id_grads"):
+        assert s["ams"]["by_category"][cat] == s["store-in-server"]["by_category"][cat] > 0
+    for t in s.values():
+        assert t["total"] == pytest.approx(sum(t["by_category"].values()))
+    assert r["ratio_total_sis_over_ams"] == pytest.approx(s["store-in-server"]["total"] / s["ams"]["total"])
+    per = {row["form"].split(",")[0]: row for row in r["per_image"]}
+    assert per["vgg16 fc6 features"]["bytes"] == 16384
+    assert per["AMS embedding"]["x_smaller_than_4096d"] == pytest.approx(16384 / 48)
+    assert 25 < r["mean_behaviors_per_sample"] < 35
+    md = (out / "comm.md").read_text()
+    assert md.startswith("Command: `hvams bench comm") and "| **total** |" in md
+
+
+def test_bench_speed_reports_rates_and_breakdown(tiny_world, tmp_path):
+    out, chart = tmp_path / "speed", tmp_path / "speed.png"
+    res = bench("speed", "--data", tiny_world, "--batch-size", 64, "--steps", 5, "--warmup", 1,
+                "--rounds", 1, "--variant", "frozen", "--out", out, "--chart", chart)
+    assert res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "speed.json").read_text())
+    med = r["median"]["frozen"]
+    assert set(med) == {"store-in-worker", "store-in-server", "ams", "one process"}
+    assert all(v > 0 and math.isfinite(v) for v in med.values())
+    ratios = r["ratios"]["frozen"]
+    assert ratios["ams_over_store_in_worker"] == pytest.approx(med["ams"] / med["store-in-worker"])
+    assert ratios["ams_step_over_one_process_step"] == pytest.approx(med["one process"] / med["ams"])
+    ams = r["stage_s_per_step"]["frozen"]["ams"]
+    assert {"wait", "comm", "decode", "image_compute"} <= set(ams["server"])
+    assert {"read", "pull", "compute", "push", "allreduce_step"} <= set(ams["worker"])
+    # store-in-worker decodes on the workers, not on the servers.
+    siw = r["stage_s_per_step"]["frozen"]["store-in-worker"]
+    assert "decode" in siw["worker"] and "decode" not in siw["server"]
+    assert chart.read_bytes()[:8] == PNG
+
+
+def test_bench_quality_matches_the_runs(tiny_world, tmp_path):
+    out, chart = tmp_path / "quality", tmp_path / "auc.png"
+    res = bench("quality", "--data", tiny_world, "--batch-size", 64, "--models", "dicm mqap",
+                "--seeds", "0,1", "--eval-every", 10, "--out", out, "--chart", chart)
+    assert res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "quality.json").read_text())
+    assert list(r["table"]) == ["idonly", "dicm mqap"]  # ID-only added: the gap is measured from it
+    for name, slug in (("idonly", "idonly"), ("dicm mqap", "dicm-mqap")):
+        finals = []
+        for seed in (0, 1):
+            lines = (out / f"{slug}-seed{seed}" / "metrics.jsonl").read_text().splitlines()
+            recs = [json.loads(x) for x in lines]
+            assert len(recs) >= 2  # the curve: every 10 steps and at the end
+            assert r["runs"][name][str(seed)]["curve"][-1][1] == recs[-1]["auc"]
+            finals.append(recs[-1]["auc"])
+        mean, std = r["table"][name]["auc"]
+        assert mean == pytest.approx(sum(finals) / 2)
+        assert std == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
+    assert r["table"]["idonly"]["gap_closed"][0] == 0
+    assert "mqap_closes_80pct_of_gap" in r["targets"]
+    assert chart.read_bytes()[:8] == PNG
+
+
+def test_bench_quality_rejects_unknown_model(tiny_world, tmp_path):
+    res = bench("quality", "--data", tiny_world, "--models", "dicm median", "--out", tmp_path, timeout=60)
+    assert res.returncode == 2 and "unknown model" in res.output
