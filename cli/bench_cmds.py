@@ -28,8 +28,8 @@ def _common(f):
                      help="Bench directory (runs, JSON, tables)."),
         click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
                      help="YAML train config the runs start from."),
-        click.option("--local", "ranks", type=int, default=4, show_default=True,
-                     help="Ranks of each run (mpirun on this machine)."),
+        click.option("--local", "ranks", type=int,
+                     help="Ranks of each run (mpirun on this machine); default 4 (paper preset: 6)."),
         click.option("--servers", type=int, default=2, show_default=True),
         click.option("--batch-size", type=int, help="Samples per worker per step."),
         click.option("--backbone", type=click.Choice(list(BACKBONES))),
@@ -83,8 +83,8 @@ def _guard(fn):
 @_common
 @click.option("--steps", type=int, default=3, show_default=True, help="Steps of each strategy.")
 @click.option("--preset", type=click.Choice(["paper"]),
-              help="paper: synthesise the paper-like world in DATA if absent; batch 3,000 per worker, "
-                   "frozen vgg16 (4096-d fc6) at 32 px, as in the paper's Table 2.")
+              help="paper: synthesise the paper-like world in DATA if absent; 2 servers + 4 workers, "
+                   "batch 3,000 per worker, frozen vgg16 (4096-d fc6) at 32 px (paper Table 2).")
 @_guard
 def comm(out, ranks, steps, preset, timeout, **opts):
     """Bytes per batch of store-in-worker, store-in-server and AMS (paper Table 2).
@@ -106,8 +106,10 @@ def comm(out, ranks, steps, preset, timeout, **opts):
         opts["batch_size"] = opts["batch_size"] or 3000
         opts["backbone"] = opts["backbone"] or "vgg16"
         extra["freeze_backbone"] = True
+        ranks = ranks or 6  # 2 servers + 4 workers: more workers than servers, as in the paper
     cfg = _base(**opts, **extra)
     out = Path(out or "runs/bench/comm")
+    ranks = ranks or 4
     result = run_comm(cfg, ranks, steps, out, timeout)
     _finish(out, "comm", format_comm(result))
 
@@ -135,6 +137,7 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
 
     cfg = _base(**opts, model="dicm")
     out = Path(out or "runs/bench/speed")
+    ranks = ranks or 4
     result = run_speed(cfg, ranks, steps, rounds, warmup, out, list(variants) or list(VARIANTS),
                        one_process, timeout)
     _finish(out, "speed", format_speed(result))
@@ -153,10 +156,15 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
 @click.option("--epochs", type=int)
 @click.option("--train-days", help="Comma-separated day directories to train on (default: world.json's).")
 @click.option("--eval-every", type=int, help="Steps between test evaluations (the AUC curve).")
+@click.option("--curve-seeds", type=int,
+              help="Only the first N seeds evaluate every --eval-every steps (default: all).")
+@click.option("--reuse", is_flag=True,
+              help="Keep finished runs of the same config in OUT (resume an interrupted bench).")
 @click.option("--chart", type=click.Path(dir_okay=False),
               help="Write the AUC-over-training chart (PNG) here.")
 @_guard
-def quality(out, ranks, seeds, models, epochs, train_days, eval_every, chart, timeout, **opts):
+def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_seeds, reuse, chart,
+            timeout, **opts):
     """Test AUC, GAUC and new-ad AUC of every model over seeds (paper Tables 3, 4, 6).
 
     \b
@@ -179,7 +187,8 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, chart, ti
     cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=True,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
     out = Path(out or "runs/bench/quality")
-    result = run_quality(cfg, ranks, seed_list, names, out, timeout)
+    ranks = ranks or 4
+    result = run_quality(cfg, ranks, seed_list, names, out, timeout, curve_seeds, reuse)
     _finish(out, "quality", format_quality(result))
     if chart:
         from hvams.bench.charts import auc_chart

@@ -99,3 +99,23 @@ def test_bench_quality_matches_the_runs(tiny_world, tmp_path):
 def test_bench_quality_rejects_unknown_model(tiny_world, tmp_path):
     res = bench("quality", "--data", tiny_world, "--models", "dicm median", "--out", tmp_path, timeout=60)
     assert res.returncode == 2 and "unknown model" in res.output
+
+
+def test_finished_run_is_reused_only_for_the_same_config(tiny_world, tmp_path):
+    from dataclasses import replace
+
+    from hvams.bench.jobs import finished_run, job_config
+    from hvams.config import TrainConfig
+
+    cfg = TrainConfig(data=str(tiny_world), out=str(tmp_path / "run"), model="din")
+    assert finished_run(cfg, 60) is None  # nothing there yet
+    (tmp_path / "run").mkdir()
+    job_config(cfg, 60).save(tmp_path / "run" / "job-config.yaml")
+    assert finished_run(cfg, 60) is None  # no summary.json: the run did not finish
+    (tmp_path / "run" / "summary.json").write_text('{"steps": 3}')
+    (tmp_path / "run" / "metrics.jsonl").write_text('{"auc": 0.7}\n')
+    done = finished_run(cfg, 60)
+    assert done["summary"] == {"steps": 3} and done["metrics"] == [{"auc": 0.7}]
+    assert finished_run(replace(cfg, step_timeout=5, progress=True), 60) is not None
+    assert finished_run(replace(cfg, seed=1), 60) is None
+    assert finished_run(replace(cfg, eval_every=10), 60) is None

@@ -36,7 +36,8 @@ def auc_chart(result: dict, path: Path, caption: str) -> Path:
     """Test AUC over training steps, mean over seeds, one line per model."""
     fig, ax = plt.subplots(figsize=(8, 4.6))
     for name, by_seed in result["runs"].items():
-        curves = list(by_seed.values())
+        longest = max(len(c["curve"]) for c in by_seed.values())
+        curves = [c for c in by_seed.values() if len(c["curve"]) == longest]  # seeds with a curve
         steps = [s for s, _ in curves[0]["curve"]]
         n = min(len(c["curve"]) for c in curves)
         mean = [sum(c["curve"][i][1] for c in curves) / len(curves) for i in range(n)]
@@ -44,7 +45,7 @@ def auc_chart(result: dict, path: Path, caption: str) -> Path:
     oracle = next(iter(result["table"].values()))["oracle_auc"]
     ax.axhline(oracle, color="grey", linestyle="--", linewidth=1, label="oracle")
     ax.set_xlabel("training step")
-    ax.set_ylabel("test AUC (mean over seeds)")
+    ax.set_ylabel("test AUC (mean over the seeds with a curve)")
     ax.set_title("Test AUC over training", fontsize=11)
     ax.legend(fontsize=7, ncol=2)
     fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)

@@ -52,11 +52,12 @@ def per_image_bytes(cfg: TrainConfig) -> list[dict]:
     rows = [("raw JPEG/PNG (mean in the store)", stats["mean_bytes"]),
             (f"decoded tensor, {cfg.image_size}x{cfg.image_size} uint8 (+1 validity byte)", width_px),
             (f"decoded tensor, {cfg.image_size}x{cfg.image_size} fp32", 3 * cfg.image_size ** 2 * 4),
-            ("vgg16 fc6 features, 4096-d fp32", PAPER_PER_IMAGE),
-            (f"{cfg.backbone} features, {FEATURE_DIMS[cfg.backbone]}-d fp32",
-             FEATURE_DIMS[cfg.backbone] * 4),
-            (f"AMS embedding, {cfg.emb_dim}-d fp32 (one way)", cfg.emb_dim * 4),
-            ("AMS round trip: 8 B key + embedding + gradient", 8 + 2 * cfg.emb_dim * 4)]
+            ("vgg16 fc6 features, 4096-d fp32", PAPER_PER_IMAGE)]
+    if cfg.backbone != "vgg16":
+        rows.append((f"{cfg.backbone} features, {FEATURE_DIMS[cfg.backbone]}-d fp32",
+                     FEATURE_DIMS[cfg.backbone] * 4))
+    rows += [(f"AMS embedding, {cfg.emb_dim}-d fp32 (one way)", cfg.emb_dim * 4),
+             ("AMS round trip: 8 B key + embedding + gradient", 8 + 2 * cfg.emb_dim * 4)]
     return [{"form": name, "bytes": float(b), "x_smaller_than_4096d": PAPER_PER_IMAGE / b}
             for name, b in rows]
 

@@ -21,18 +21,56 @@ def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
 
 
-def train_job(cfg: TrainConfig, ranks: int, timeout: float) -> dict:
+# Keys that do not change a run's result: a finished run with the same config otherwise is reused.
+NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every")
+
+
+def job_config(cfg: TrainConfig, timeout: float) -> TrainConfig:
+    # A first step may legitimately take long (e.g. vgg16 features of every image on a CPU);
+    # the job's own timeout bounds a hang, so the per-step watchdog only needs to outlast it.
+    return replace(cfg, progress=False, step_timeout=max(cfg.step_timeout, timeout)).validate()
+
+
+def _result(out: Path) -> dict:
+    summary = json.loads((out / "summary.json").read_text())
+    metrics_path = out / "metrics.jsonl"
+    metrics = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+               if metrics_path.exists() else [])
+    return {"summary": summary, "metrics": metrics, "out": str(out)}
+
+
+def finished_run(cfg: TrainConfig, timeout: float) -> dict | None:
+    """The result of an earlier, complete run of the same config in ``cfg.out``, if any."""
+    out = Path(cfg.out)
+    if not (out / "summary.json").exists() or not (out / "job-config.yaml").exists():
+        return None
+    import yaml
+
+    old = yaml.safe_load((out / "job-config.yaml").read_text())
+    new = job_config(cfg, timeout).to_dict()
+    if any(old.get(k) != v for k, v in new.items() if k not in NOT_RESULT_KEYS):
+        return None
+    return _result(out)
+
+
+def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False) -> dict:
     """Run ``cfg`` on ``ranks`` local ranks; its summary.json and metrics.jsonl records.
 
-    The run directory ``cfg.out`` is emptied first (metrics.jsonl appends).
+    The run directory ``cfg.out`` is emptied first (metrics.jsonl appends), unless
+    ``reuse`` and it holds a finished run of the same config (an interrupted bench resumes).
     The job's output goes to ``RUN_DIR/job.log``; a failure or a timeout
     raises BenchError with the log's tail.
     """
+    if reuse:
+        done = finished_run(cfg, timeout)
+        if done is not None:
+            print(f"  reusing the finished run in {cfg.out}", flush=True)
+            return done
     out = Path(cfg.out)
     if out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    cfg = replace(cfg, progress=False).validate()
+    cfg = job_config(cfg, timeout)
     cfg.save(out / "job-config.yaml")
     log = out / "job.log"
     cmd = mpirun_command(ranks, python_argv("cli", "train", "--config", str(out / "job-config.yaml")),
@@ -47,11 +85,7 @@ def train_job(cfg: TrainConfig, ranks: int, timeout: float) -> dict:
             raise BenchError(f"{out}: no result after {timeout:.0f} s; log {log}:\n{_tail(log)}")
     if code != 0:
         raise BenchError(f"{out}: hvams train exited {code}; log {log}:\n{_tail(log)}")
-    summary = json.loads((out / "summary.json").read_text())
-    metrics_path = out / "metrics.jsonl"
-    metrics = ([json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-               if metrics_path.exists() else [])
-    return {"summary": summary, "metrics": metrics, "out": str(out)}
+    return _result(out)
 
 
 def save_json(path: Path, data) -> None:

@@ -28,18 +28,24 @@ def _mean_std(xs: list[float]) -> tuple[float, float]:
 
 
 def run_quality(base: TrainConfig, ranks: int, seeds: list[int], models: list[str], out: Path,
-                timeout: float = 7200) -> dict:
-    """Train each model with each seed (seed-major order); per-run finals and AUC curves."""
+                timeout: float = 7200, curve_seeds: int | None = None, reuse: bool = False) -> dict:
+    """Train each model with each seed (seed-major order); per-run finals and AUC curves.
+
+    Only the first ``curve_seeds`` seeds evaluate every ``eval_every`` steps (the
+    AUC-over-training chart); the others evaluate once, at the end.
+    """
     if "idonly" not in models:
         models = ["idonly", *models]  # the gap is measured from ID-only
     runs = {m: {} for m in models}
-    for seed in seeds:
+    for i, seed in enumerate(seeds):
+        curve = curve_seeds is None or i < curve_seeds
         for name in models:
             model, agg = MODELS[name]
             cfg = replace(base, model=model, aggregator=agg, seed=seed,
+                          eval_every=base.eval_every if curve else 0,
                           out=str(out / f"{name.replace(' ', '-')}-seed{seed}"))
             print(f"bench quality: {name}, seed {seed} ...", flush=True)
-            job = train_job(cfg, ranks, timeout)
+            job = train_job(cfg, ranks, timeout, reuse)
             tests = [r for r in job["metrics"] if r.get("split") == "test"]
             if not tests:
                 raise RuntimeError(f"{cfg.out}: no test evaluation in metrics.jsonl")

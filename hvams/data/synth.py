@@ -104,7 +104,7 @@ PRESETS = {
     # Paper-like traffic for `hvams bench comm`: 40 behavior images per sample,
     # batches of 3,000 samples per worker; bytes only, so no pretrained backbone.
     "paper": WorldConfig(users=20_000, items=20_000, ads=20_000, categories=60, brands=800,
-                         shops=1500, train_days=1, samples_per_day=24_000, mean_behaviors=40.0,
+                         shops=1500, train_days=1, samples_per_day=36_000, mean_behaviors=40.0,
                          max_behaviors=60, pretrain_images=0),
 }
 
