@@ -32,5 +32,5 @@ wait %2 %3 || true
 wait $job
 for role in server0 worker0; do
   echo "== $role: top functions by self time"
-  python benchmarks/flat_profile.py "$OUT/$role.txt" | head -15
+  python benchmarks/flat_profile.py "$OUT/$role.txt" 14
 done
