@@ -68,7 +68,8 @@ def run_quality(base: TrainConfig, ranks: int, seeds: list[int], models: list[st
 def quality_table(runs: dict, seeds: list[int]) -> dict:
     base = runs["idonly"]
     table = {}
-    for name, by_seed in runs.items():
+    for name in ["idonly", *(m for m in runs if m != "idonly")]:  # gains are relative to ID-only
+        by_seed = runs[name]
         row = {}
         for m in METRICS:
             row[m] = _mean_std([by_seed[s]["final"].get(m) for s in seeds])
@@ -76,8 +77,9 @@ def quality_table(runs: dict, seeds: list[int]) -> dict:
         row["gap_closed"] = _mean_std([
             (by_seed[s]["final"]["auc"] - base[s]["final"]["auc"])
             / (by_seed[s]["final"]["oracle_auc"] - base[s]["final"]["auc"]) for s in seeds])
-        row["auc_gain"] = row["auc"][0] - table.get("idonly", row)["auc"][0]
-        row["new_ad_gain"] = row["new_ad_auc"][0] - table.get("idonly", row)["new_ad_auc"][0]
+        ref = table.get("idonly", row)
+        row["auc_gain"] = row["auc"][0] - ref["auc"][0]
+        row["new_ad_gain"] = row["new_ad_auc"][0] - ref["new_ad_auc"][0]
         table[name] = row
     return table
 
