@@ -81,7 +81,8 @@ def _guard(fn):
 
 @bench.command()
 @_common
-@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True, help="Steps of each strategy.")
+@click.option("--steps", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Steps of each strategy.")
 @click.option("--preset", type=click.Choice(["paper"]),
               help="paper: synthesise the paper-like world in DATA if absent; 2 servers + 4 workers, "
                    "batch 3,000 per worker, frozen vgg16 (4096-d fc6) at 32 px (paper Table 2).")
@@ -116,8 +117,10 @@ def comm(out, ranks, steps, preset, timeout, **opts):
 
 @bench.command()
 @_common
-@click.option("--steps", type=click.IntRange(min=2), default=30, show_default=True, help="Steps of each run.")
-@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True, help="Steps left out of the rate.")
+@click.option("--steps", type=click.IntRange(min=2), default=30, show_default=True,
+              help="Steps of each run.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Steps left out of the rate.")
 @click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
 @click.option("--variant", "variants", multiple=True, type=click.Choice(["trainable", "frozen"]),
               help="Backbone variants (default both).")
