@@ -121,7 +121,8 @@ def comm(out, ranks, steps, preset, timeout, **opts):
               help="Steps of each run.")
 @click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
               help="Steps left out of the rate.")
-@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True, help="Interleaved rounds.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds.")
 @click.option("--variant", "variants", multiple=True, type=click.Choice(["trainable", "frozen"]),
               help="Backbone variants (default both).")
 @click.option("--no-one-process", "one_process", flag_value=False, default=True,
