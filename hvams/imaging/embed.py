@@ -39,16 +39,7 @@ class PixelEmbedder:
                 self.backbone_runs += len(rows)
                 out = out.index_put((idx,), feats)
             return out
-        todo, hit_rows, hits = [], [], []
-        for i in rows:
-            hit = self.features.get(int(keys[i]))
-            if hit is None:
-                todo.append(i)
-            else:
-                hit_rows.append(i)
-                hits.append(hit)
-        if hits:  # one copy for all hits, not one per row
-            out.index_copy_(0, torch.as_tensor(hit_rows), torch.stack(hits))
+        todo = self.features.gather(keys, rows, out)
         with torch.no_grad():
             for start in range(0, len(todo), FROZEN_CHUNK):
                 part = todo[start:start + FROZEN_CHUNK]

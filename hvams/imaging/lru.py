@@ -18,6 +18,25 @@ class LRU:
         self.misses += 1
         return None
 
+    def gather(self, keys, rows, out) -> list:
+        """Copy the cached values of ``keys[rows]`` into ``out`` (one copy for all hits).
+
+        Returns the rows that missed, in order; the rows that hit are filled.
+        """
+        import torch
+
+        misses, hit_rows, hits = [], [], []
+        for i in rows:
+            hit = self.get(int(keys[i]))
+            if hit is None:
+                misses.append(i)
+            else:
+                hit_rows.append(i)
+                hits.append(hit)
+        if hits:
+            out.index_copy_(0, torch.as_tensor(hit_rows), torch.stack(hits))
+        return misses
+
     def put(self, key, value) -> None:
         if self.capacity <= 0:
             return

@@ -46,17 +46,9 @@ class ImageSource:
         k = len(keys)
         pixels = torch.zeros((k, 3, self.size, self.size), dtype=torch.uint8)
         valid = np.zeros(k, bool)
-        todo, hit_rows, hits = [], [], []
-        for i, key in enumerate(keys.tolist()):
-            hit = self.cache.get(key)
-            if hit is None:
-                todo.append(i)
-            else:
-                hit_rows.append(i)
-                hits.append(hit)
-        if hits:  # one copy for all hits, not one per row
-            pixels.index_copy_(0, torch.as_tensor(hit_rows), torch.stack(hits))
-            valid[hit_rows] = True
+        todo = self.cache.gather(keys, range(k), pixels)
+        valid[:] = True
+        valid[todo] = False  # misses are valid only once decoded below
         self.counts["requested"] += k
         if todo:
             raw = self.store.get_many(keys[todo])

@@ -25,7 +25,3 @@ def stage(name: str):
 
 def snapshot() -> dict[str, float]:
     return dict(_SECONDS)
-
-
-def reset() -> None:
-    _SECONDS.clear()

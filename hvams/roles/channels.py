@@ -14,6 +14,7 @@ import numpy as np
 
 from ..embedding.shard import EmbeddingShard
 from ..keys import name_salt, owner
+from ..protocol.timing import stage
 
 
 @dataclass
@@ -73,10 +74,12 @@ class EmbeddingChannel:
         self.spec, self.shard = spec, shard
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
-        return self.shard.gather(keys, insert=train)
+        with stage("id_serve"):
+            return self.shard.gather(keys, insert=train)
 
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
-        self.shard.apply(keys, grads, lr_scale)
+        with stage("id_update"):
+            self.shard.apply(keys, grads, lr_scale)
 
     def after_update(self, lr_scale: float) -> None:
         """Hook for channels that synchronise among servers (the image model)."""

@@ -42,7 +42,8 @@ class AmsImageChannel:
 
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
         if len(keys):
-            self._out.backward(torch.from_numpy(grads))
+            with stage("image_compute"):
+                self._out.backward(torch.from_numpy(grads))
         self._out = None
 
     def after_update(self, lr_scale: float) -> None:

@@ -74,12 +74,7 @@ class ServerLoop:
             u, inv = np.unique(np.concatenate(per_src), return_inverse=True)
             self.stats["requested"][ch.spec.name] += len(inv)
             self.stats["unique"][ch.spec.name] += len(u)
-            if ch.spec.name == "image":  # the image channel times its own decode / compute
-                rows = ch.serve(u, train)
-            else:
-                with stage("id_serve"):
-                    rows = ch.serve(u, train)
-            rows = rows.reshape(len(u), ch.spec.dim)
+            rows = ch.serve(u, train).reshape(len(u), ch.spec.dim)  # channels time themselves
             uniq.append(u)
             inverse.append(inv)
             start = 0
@@ -137,12 +132,7 @@ class ServerLoop:
             g = np.concatenate([per_src[s][j] for s in range(self.topo.size)]).reshape(-1, ch.spec.dim)
             summed = np.zeros((len(uniq[c]), ch.spec.dim), np.float32)
             _index_add(summed, inverse[c], g)
-            if ch.spec.name == "image":
-                with stage("image_compute"):
-                    ch.update(uniq[c], summed, scale)
-            else:
-                with stage("id_update"):
-                    ch.update(uniq[c], summed, scale)
+            ch.update(uniq[c], summed, scale)
         for ch in self.channels:
             ch.after_update(scale)
 
