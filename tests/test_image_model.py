@@ -60,3 +60,31 @@ def test_bad_weight_file_is_named(tmp_path):
     torch.save({"nonsense": torch.zeros(1)}, tmp_path / "bad.pt")
     with pytest.raises(ValueError, match="bad.pt"):
         ImageEmbedder("resnet18", weights=str(tmp_path / "bad.pt"))
+
+
+def test_frozen_features_skip_decoding_cached_keys(tiny_world):
+    """A frozen backbone's cached keys are not read again; embeddings equal the uncached path."""
+    import numpy as np
+
+    from hvams.imaging.embed import PixelEmbedder
+    from hvams.imaging.source import ImageSource
+    import pyarrow.parquet as pq
+
+    from hvams.store.lmdb_store import ImageStore
+
+    torch.manual_seed(0)
+    model = ImageEmbedder("small-cnn", frozen=True)
+    store = ImageStore(tiny_world / "images")
+    keys = np.unique(np.asarray(pq.read_table(tiny_world / "day=00", columns=["ad_image"])["ad_image"]))
+    keys = np.concatenate([keys[:40], [123456789]])  # one key the store does not have
+    source = ImageSource(store, 32)
+    embedder = PixelEmbedder(model)
+    first = embedder.embed_from(source, keys)
+    assert source.counts["requested"] == 41 and source.counts["missing"] == 1
+    again = embedder.embed_from(source, keys[::-1].copy())
+    # only the missing key (never cached) is asked of the store again
+    assert source.counts["requested"] == 42 and source.counts["missing"] == 2
+    assert torch.equal(again, first.flip(0))
+    pixels, valid = ImageSource(store, 32).load(keys)
+    assert valid.tolist() == [True] * 40 + [False]
+    assert torch.allclose(PixelEmbedder(model).embed(keys, pixels, valid), first, atol=1e-6)

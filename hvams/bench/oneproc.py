@@ -95,8 +95,7 @@ class OneProcess:
         if self.image_model is not None:
             ad, beh = self.schema.ad_image, self.schema.behavior_image
             keys = np.unique(np.concatenate([b.values[ad], b.lists[beh]]))
-            pixels, valid = self.source.load(keys)
-            emb = self.embedder.embed(keys, pixels, valid)
+            emb = self.embedder.embed_from(self.source, keys)
             single[ad] = emb[torch.from_numpy(np.searchsorted(keys, b.values[ad]))]
             lists[beh] = emb[torch.from_numpy(np.searchsorted(keys, b.lists[beh]))]
         lengths = torch.from_numpy(b.lengths)

@@ -11,8 +11,9 @@ import numpy as np
 import torch
 
 from ..models.image import ImageEmbedder
-from .lru import LRU
-from .source import normalize
+from ..protocol.timing import stage
+from .source import ImageSource, normalize
+from .tensor_cache import TensorCache
 
 
 FROZEN_CHUNK = 256  # images per frozen-backbone forward: bounds activation memory
@@ -23,7 +24,7 @@ class PixelEmbedder:
 
     def __init__(self, model: ImageEmbedder, feature_cache: int = 200_000):
         self.model = model
-        self.features = LRU(feature_cache if model.frozen else 0)
+        self.features = TensorCache(feature_cache if model.frozen else 0)
         self.backbone_runs = 0
 
     def backbone_features(self, keys: np.ndarray, pixels: torch.Tensor, valid: np.ndarray
@@ -39,17 +40,44 @@ class PixelEmbedder:
                 self.backbone_runs += len(rows)
                 out = out.index_put((idx,), feats)
             return out
-        todo = self.features.gather(keys, rows, out)
-        with torch.no_grad():
-            for start in range(0, len(todo), FROZEN_CHUNK):
-                part = todo[start:start + FROZEN_CHUNK]
-                idx = torch.as_tensor(part)
-                feats = self.model.features(normalize(pixels.index_select(0, idx)))
-                for j, i in enumerate(part):
-                    self.features.put(int(keys[i]), feats[j].clone())
-                out.index_copy_(0, idx, feats)
-        self.backbone_runs += len(todo)
+        self._frozen_forward(keys, pixels, self.features.gather(keys, rows, out), out)
         return out
+
+    def _frozen_forward(self, keys: np.ndarray, pixels: torch.Tensor, rows: np.ndarray,
+                        out: torch.Tensor) -> None:
+        """out[rows] = frozen backbone features of pixels[rows], in chunks; cache them."""
+        with torch.no_grad():
+            for start in range(0, len(rows), FROZEN_CHUNK):
+                idx = torch.from_numpy(rows[start:start + FROZEN_CHUNK])
+                out.index_copy_(0, idx, self.model.features(normalize(pixels.index_select(0, idx))))
+        if len(rows):
+            self.features.put_many(np.asarray(keys)[rows], out.index_select(0, torch.from_numpy(rows)))
+        self.backbone_runs += len(rows)
+
+    def features_from(self, source: ImageSource, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """Backbone features and validity of ``keys``, reading pixels from ``source``.
+
+        With a frozen backbone only the keys missing from the feature cache are
+        read and decoded: a cached key needs no pixels at all.
+        """
+        keys = np.asarray(keys, np.int64)
+        if not self.model.frozen:
+            with stage("decode"):
+                pixels, valid = source.load(keys)
+            with stage("image_compute"):
+                return self.backbone_features(keys, pixels, valid), valid
+        out = torch.zeros((len(keys), self.model.feature_dim))
+        with stage("decode"):
+            todo = self.features.gather(keys, np.arange(len(keys)), out)
+            pixels, loaded = source.load(keys[todo])
+        valid = np.ones(len(keys), bool)
+        valid[todo] = loaded
+        if len(todo):
+            with stage("image_compute"):
+                part = torch.zeros((len(todo), self.model.feature_dim))
+                self._frozen_forward(keys[todo], pixels, np.flatnonzero(loaded), part)
+                out.index_copy_(0, torch.from_numpy(todo), part)
+        return out, valid
 
     def head(self, feats: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
         """Embeddings: the head on valid rows, the learned missing row elsewhere."""
@@ -63,6 +91,12 @@ class PixelEmbedder:
 
     def embed(self, keys: np.ndarray, pixels: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
         return self.head(self.backbone_features(keys, pixels, valid), valid)
+
+    def embed_from(self, source: ImageSource, keys: np.ndarray) -> torch.Tensor:
+        """Embeddings of ``keys`` read from ``source`` (see ``features_from``)."""
+        feats, valid = self.features_from(source, keys)
+        with stage("image_compute"):
+            return self.head(feats, valid)
 
     def stats(self) -> dict:
         return {"backbone_runs": self.backbone_runs, "feature_cache": self.features.stats()}

@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..protocol.timing import stage
 from .embed import PixelEmbedder
 from .payload import unpack
 from .source import ImageSource
@@ -27,9 +26,7 @@ class LocalImages:
 
     def embed(self, keys: np.ndarray, payload: torch.Tensor | None) -> torch.Tensor:
         if self.source is not None:
-            with stage("decode"):
-                pixels, valid = self.source.load(keys)
-            return self.embedder.embed(keys, pixels, valid)
+            return self.embedder.embed_from(self.source, keys)
         body, valid = unpack(payload, self.model.frozen, self.size)
         if self.model.frozen:
             return self.embedder.head(body, valid)

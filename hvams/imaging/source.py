@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from ..store.decode import MEAN, STD, decode_rgb
 from ..store.errors import CorruptImageError, MissingImageError
 from ..store.lmdb_store import ImageStore
-from .lru import LRU
+from .tensor_cache import TensorCache
 
 
 def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
@@ -37,35 +37,39 @@ class ImageSource:
     def __init__(self, store: ImageStore, size: int, cache: int = 100_000,
                  max_pixels: int = 4096 * 4096):
         self.store, self.size, self.max_pixels = store, size, max_pixels
-        self.cache = LRU(cache)
+        self.cache = TensorCache(cache)
         self.counts = Counter()
         self.bad_examples: list[str] = []
 
     def load(self, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """(k, 3, s, s) uint8 pixels and a bool mask of keys that had a valid image."""
+        keys = np.asarray(keys, np.int64)
         k = len(keys)
         pixels = torch.zeros((k, 3, self.size, self.size), dtype=torch.uint8)
         valid = np.zeros(k, bool)
-        todo = self.cache.gather(keys, range(k), pixels)
+        todo = self.cache.gather(keys, np.arange(k), pixels)
         valid[:] = True
         valid[todo] = False  # misses are valid only once decoded below
         self.counts["requested"] += k
-        if todo:
+        if len(todo):
             raw = self.store.get_many(keys[todo])
+            decoded = []
             for i, value in zip(todo, raw):
-                key = int(keys[i])
                 if isinstance(value, MissingImageError):
                     self._bad("missing", value)
                     continue
                 try:
-                    img = resize_uint8(decode_rgb(value, key, self.max_pixels), self.size)
+                    img = resize_uint8(decode_rgb(value, int(keys[i]), self.max_pixels), self.size)
                 except CorruptImageError as exc:
                     self._bad("corrupt", exc)
                     continue
-                self.counts["decoded"] += 1
                 pixels[i] = img
                 valid[i] = True
-                self.cache.put(key, img)
+                decoded.append(i)
+            self.counts["decoded"] += len(decoded)
+            if decoded:
+                idx = np.asarray(decoded, np.int64)
+                self.cache.put_many(keys[idx], pixels.index_select(0, torch.from_numpy(idx)))
         self.counts["served"] += int(valid.sum())
         return pixels, valid
 

@@ -31,14 +31,11 @@ class AmsImageChannel:
         self._out = None
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
-        with stage("decode"):
-            pixels, valid = self.source.load(keys)
-        with stage("image_compute"):
-            if train:
-                self._out = self.embedder.embed(keys, pixels, valid)
-                return self._out.detach().numpy()
-            with torch.no_grad():
-                return self.embedder.embed(keys, pixels, valid).numpy()
+        if train:
+            self._out = self.embedder.embed_from(self.source, keys)
+            return self._out.detach().numpy()
+        with torch.no_grad():
+            return self.embedder.embed_from(self.source, keys).numpy()
 
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
         if len(keys):
@@ -82,12 +79,11 @@ class PixelChannel:
         self.spec, self.source, self.embedder = spec, source, embedder
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
+        if self.embedder is not None:  # frozen backbone: features, computed once per key
+            feats, valid = self.embedder.features_from(self.source, keys)
+            return pack(feats.numpy(), valid)
         with stage("decode"):
             pixels, valid = self.source.load(keys)
-        if self.embedder is not None:  # frozen backbone: features, computed once per key
-            with stage("image_compute"):
-                feats = self.embedder.backbone_features(keys, pixels, valid).numpy()
-            return pack(feats, valid)
         return pack(pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy(), valid)
 
     def update(self, keys, grads, lr_scale) -> None:
