@@ -173,7 +173,7 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
 
     \b
     Example:
-      hvams bench quality --data data/bench --batch-size 512 --eval-every 250 \\
+      hvams bench quality --data data/bench --batch-size 512 --image-size 64 --eval-every 80 \\
         --out runs/bench/quality --chart docs/img/auc.png
     """
     from hvams.bench.quality import MODELS, format_quality, run_quality

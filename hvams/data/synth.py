@@ -72,6 +72,8 @@ class WorldConfig:
     appeal_std: float = 0.7
     taste_std: float = 0.45
     taste_favourites: float = 1.2
+    taste_favourite_attrs: tuple = ("shape", "hue")  # each user has a favourite value of these
+    shape_weight: float = 1.0            # scales shape's appeal and taste (see docs/data.md)
     category_affinity: float = 0.7
     gender_lean_std: float = 0.3
     position_effect: float = 0.08
@@ -90,6 +92,10 @@ class WorldConfig:
                 raise ValueError(f"{name} must be at least 1")
         if not 0 <= self.new_ad_frac < 1:
             raise ValueError("new_ad_frac must be in [0, 1)")
+        bad = set(self.taste_favourite_attrs) - set(ATTRIBUTES)
+        if bad:
+            raise ValueError(f"taste_favourite_attrs: unknown attribute(s) {sorted(bad)}; "
+                             f"choose from {list(ATTRIBUTES)}")
         if self.image_format not in ("jpeg", "png"):
             raise ValueError("image_format must be jpeg or png")
 
@@ -99,8 +105,13 @@ PRESETS = {
                         train_days=2, samples_per_day=2000, partitions=8, row_group_size=512,
                         pretrain_images=1000, pretrain_epochs=1),
     "demo": WorldConfig(),
+    # Clicks driven by what the pretrained backbone can see (hue, pattern, size: it reads
+    # shape at 46%), small per-ad quality, taste as favourites (docs/data.md, "bench").
     "bench": WorldConfig(users=60_000, items=60_000, ads=60_000, categories=60, brands=800,
-                         shops=1500, train_days=4, samples_per_day=250_000),
+                         shops=1500, train_days=4, samples_per_day=250_000,
+                         shape_weight=0.0, appeal_std=1.0, taste_std=0.15, taste_favourites=0.8,
+                         taste_favourite_attrs=("hue", "pattern"), ad_quality_std=0.1,
+                         pretrain_size=64),
     # Paper-like traffic for `hvams bench comm`: 40 behavior images per sample,
     # batches of 3,000 samples per worker; bytes only, so no pretrained backbone.
     "paper": WorldConfig(users=20_000, items=20_000, ads=20_000, categories=60, brands=800,
@@ -181,6 +192,7 @@ class World:
         self.item_pop = _zipf_weights(n_items, 0.7, rng)
         # Global visual appeal per attribute value, and a gender lean per category.
         self.appeal = [rng.normal(0, cfg.appeal_std, k) for k in ATTRIBUTES.values()]
+        self.appeal[0] *= cfg.shape_weight
         self.gender_lean = rng.normal(0, cfg.gender_lean_std, cfg.categories)
         self.hour_effect = 0.15 * np.sin(np.arange(N_HOUR) / N_HOUR * 2 * np.pi)
         self._users(rng)
@@ -204,11 +216,12 @@ class World:
         self.city = rng.integers(0, N_CITY, n)
         self.activity = rng.lognormal(0, 0.6, n)
         self.activity /= self.activity.sum()
-        # Taste: small noise on every attribute value plus one favourite shape and hue.
+        # Taste: small noise on every attribute value plus a favourite value of some attributes.
         self.taste = [rng.normal(0, cfg.taste_std, (n, k)) for k in ATTRIBUTES.values()]
-        for j in (0, 1):
+        for j in (list(ATTRIBUTES).index(a) for a in cfg.taste_favourite_attrs):
             fav = rng.integers(0, self.taste[j].shape[1], n)
             self.taste[j][np.arange(n), fav] += cfg.taste_favourites
+        self.taste[0] *= cfg.shape_weight
         cat_pop = np.bincount(self.item_category, minlength=cfg.categories) + 1.0
         self.fav_cats = np.stack([rng.choice(cfg.categories, 3, replace=False, p=cat_pop / cat_pop.sum())
                                   for _ in range(n)])
