@@ -46,9 +46,8 @@ class ImageSource:
         keys = np.asarray(keys, np.int64)
         k = len(keys)
         pixels = torch.zeros((k, 3, self.size, self.size), dtype=torch.uint8)
-        valid = np.zeros(k, bool)
         todo = self.cache.gather(keys, np.arange(k), pixels)
-        valid[:] = True
+        valid = np.ones(k, bool)
         valid[todo] = False  # misses are valid only once decoded below
         self.counts["requested"] += k
         if len(todo):

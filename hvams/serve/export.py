@@ -77,8 +77,7 @@ def _embed_partitions(args) -> tuple[np.ndarray, np.ndarray, dict]:
     with torch.no_grad():
         for lo in range(0, len(keys), batch):
             k = keys[lo:lo + batch]
-            pixels, valid = source.load(k)
-            out[lo:lo + batch] = embedder.embed(k, pixels, valid).numpy()
+            out[lo:lo + batch] = embedder.embed_from(source, k).numpy()
     store.close()
     return keys, out, dict(source.counts)
 
