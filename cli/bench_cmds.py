@@ -36,17 +36,24 @@ def _common(f):
         click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
                      help="Default: DATA/backbone/small-cnn.pt if it exists (small-cnn only)."),
         click.option("--image-size", type=int),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+                     help="Device of every rank and of the one-process baseline."),
+        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"])),
         click.option("--timeout", type=float, default=1800, show_default=True,
                      help="Seconds one run may take before the bench fails."),
     ]
     return functools.reduce(lambda acc, o: o(acc), reversed(opts), f)
 
 
-def _base(data, config_path, servers, batch_size, backbone, backbone_weights, image_size, **extra):
+def _base(data, config_path, servers, batch_size, backbone, backbone_weights, image_size, device,
+          precision, **extra):
     from hvams.config import load_config
+    from hvams.runtime.runtime import check_devices
 
     cfg = load_config(config_path, {"data": data, "servers": servers, "batch_size": batch_size,
-                                    "backbone": backbone, "image_size": image_size, **extra})
+                                    "backbone": backbone, "image_size": image_size,
+                                    "device": device, "precision": precision, **extra})
+    check_devices(cfg)
     default_w = Path(data) / "backbone" / "small-cnn.pt"
     if backbone_weights:
         cfg.backbone_weights = backbone_weights

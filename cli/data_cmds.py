@@ -11,7 +11,7 @@ from .main import EXIT_FAILED, EXIT_USAGE, main
 
 @main.group()
 def data():
-    """Sample data: synthesise the visual world, inspect Parquet days."""
+    """Sample data: synthesise a synthetic visual world (Parquet days + image store)."""
 
 
 @data.command()
@@ -55,13 +55,13 @@ def synth(out, preset_name, overwrite, **overrides):
 
 @main.group()
 def images():
-    """The LMDB image store: ingest, verify, stats."""
+    """The LMDB image store: ingest, verify, stats, and key -> id mapping."""
 
 
 @images.command("ingest")
 @click.option("--store", required=True, type=click.Path(file_okay=False), help="Store directory.")
 @click.option("--csv", "csv_path", type=click.Path(exists=True, dir_okay=False),
-              help="CSV with header image_key,path (JPEG/PNG files).")
+              help="CSV with header image_key,path (JPEG, PNG, WebP, GIF, BMP or AVIF files).")
 @click.option("--image-root", type=click.Path(exists=True, file_okay=False),
               help="Base for relative paths in --csv (default: the CSV's folder).")
 @click.option("--bytes", "bytes_path", type=click.Path(exists=True, dir_okay=False),
@@ -70,10 +70,16 @@ def images():
 @click.option("--on-duplicate", type=click.Choice(["error", "skip", "overwrite"]), default="error",
               show_default=True, help="A key already stored with other bytes.")
 @click.option("--threads", type=int, default=4, show_default=True, help="Decode-check threads.")
-def ingest_cmd(store, csv_path, image_root, bytes_path, partitions, on_duplicate, threads):
+@click.option("--max-reject-rate", type=click.FloatRange(0, 1), default=None,
+              help="Exit 1 when more than this share of the inputs was rejected (e.g. 0.01).")
+@click.option("--strict", is_flag=True, help="Exit 1 on any rejected input (--max-reject-rate 0).")
+def ingest_cmd(store, csv_path, image_root, bytes_path, partitions, on_duplicate, threads,
+               max_reject_rate, strict):
     """Add images to a partitioned LMDB store (idempotent; re-runs extend it).
 
-    Undecodable or unreadable inputs are rejected into STORE/rejects.jsonl.
+    Undecodable or unreadable inputs are rejected into STORE/rejects.jsonl; the
+    summary counts them and names that file. With --strict or --max-reject-rate a
+    pipeline that checks only exit codes sees them too (exit 1).
 
     \b
     Example:
@@ -94,6 +100,43 @@ def ingest_cmd(store, csv_path, image_root, bytes_path, partitions, on_duplicate
         click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
     click.echo(format_summary(summary))
+    limit = 0.0 if strict else max_reject_rate
+    rate = summary["rejected"] / summary["read"] if summary["read"] else 0.0
+    if limit is not None and rate > limit:
+        click.echo(f"hvams: error: {summary['rejected']} of {summary['read']} inputs rejected "
+                   f"({rate:.1%}), above the limit of {limit:.1%}; see {summary['rejects_file']}",
+                   err=True)
+        raise SystemExit(EXIT_FAILED)
+
+
+@images.command("keys")
+@click.argument("keys", nargs=-1)
+@click.option("--file", "key_file", type=click.File("r"),
+              help="One image key a line ('-': standard input).")
+def keys_cmd(keys, key_file):
+    """Print the int64 id of each image key: the ids Parquet image columns must hold.
+
+    A decimal key below 2^63 is its own id; any other string maps to
+    int.from_bytes(blake2b(key.encode("utf-8"), digest_size=8).digest(), "little")
+    & (2^63 - 1), after stripping surrounding whitespace. Output: key TAB id.
+
+    \b
+    Example:
+      hvams images keys https://cdn.example/ad/1.jpg 42
+      hvams images keys --file keys.txt > ids.tsv
+    """
+    from hvams.keys import image_key_id
+
+    items = list(keys) + ([ln.rstrip("\n") for ln in key_file] if key_file else [])
+    if not items:
+        click.echo("hvams: error: give image keys as arguments or with --file", err=True)
+        raise SystemExit(EXIT_USAGE)
+    for k in items:
+        try:
+            click.echo(f"{k}\t{image_key_id(k)}")
+        except ValueError as exc:
+            click.echo(f"hvams: error: image key {k!r}: {exc}", err=True)
+            raise SystemExit(EXIT_USAGE)
 
 
 @images.command()

@@ -24,22 +24,41 @@ def main():
     """
 
 
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def info(as_json):
-    """Show torch, torchvision, Horovod and MPI as hvams sees them.
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML train config whose device keys to resolve.")
+@click.option("--device", type=DEVICE, help="As in hvams train.")
+@click.option("--server-device", type=DEVICE)
+@click.option("--worker-device", type=DEVICE)
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]))
+def info(as_json, config_path, **devices):
+    """Show torch, torchvision, Horovod, MPI and the device each role would use.
 
-    Exits 3 when Horovod lacks PyTorch or MPI support.
+    Exits 3 when Horovod lacks PyTorch or MPI support, 2 when a device asked
+    for is not on this machine.
 
     \b
     Example:
       hvams info
+      hvams info --device cuda --worker-device cpu
     """
     import json
 
+    from hvams.config import ConfigError, load_config
     from hvams.info import format_info, stack_info, stack_ok
+    from hvams.runtime.runtime import check_devices
 
     report = stack_info()
+    try:
+        cfg = load_config(config_path, {"data": "-", **devices})
+        report["devices"] = {role: rt.describe() for role, rt in check_devices(cfg).items()}
+    except ConfigError as exc:
+        click.echo(f"hvams: error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
     click.echo(json.dumps(report, indent=2) if as_json else format_info(report))
     ok, why = stack_ok(report)
     if not ok:

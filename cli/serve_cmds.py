@@ -21,10 +21,11 @@ def export_cmd(run_dir, out, workers):
       hvams export runs/dicm --out models/dicm
     """
     from hvams.serve.export import export_run
+    from hvams.train.checkpoint import UnsafeStateError
 
     try:
         m = export_run(run_dir, out, workers)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, UnsafeStateError) as exc:
         click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
     c = m["image_counts"] or {}
@@ -54,7 +55,7 @@ def predict_cmd(model_dir, day_dir, out, batch_size, as_json):
     if as_json:
         click.echo(json.dumps(res, indent=1, default=float))
         return
-    click.echo(format_metrics_table([{**res["metrics"], "model": "export"}]))
+    click.echo(format_metrics_table([{**res["metrics"], "model": res["model"], "step": res["step"]}]))
     c = res["counts"]
     click.echo(f"scored {res['rows']} samples into {out}; unknown image keys (missing-image "
                f"embedding): {c.get('unknown_images', 0)} of {c.get('images', 0)}")

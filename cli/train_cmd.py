@@ -41,6 +41,18 @@ def _rank() -> int:
 @click.option("--freeze-backbone/--train-backbone", default=None,
               help="Keep the backbone fixed (features cached per image) and train the head.")
 @click.option("--image-lr", type=float, help="Learning rate of the shared image model.")
+@click.option("--image-size", type=int, help="Side in pixels the images are resized to.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Where every rank computes (auto: CUDA where a GPU is visible).")
+@click.option("--server-device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Device of the servers (overrides --device).")
+@click.option("--worker-device", type=click.Choice(["auto", "cpu", "cuda"]),
+              help="Device of the workers (overrides --device).")
+@click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"]),
+              help="auto: bf16 autocast on CUDA, fp32 on the CPU; fp64 for verification.")
+@click.option("--cache-bytes", type=int,
+              help="Bytes of decoded pixels + frozen features a rank caches "
+                   "(default: 40%% of free GPU memory on CUDA, unbounded on the CPU).")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every K steps (0: at the end only).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
 @click.option("--on-bad-row", type=click.Choice(["error", "skip"]))
@@ -64,8 +76,11 @@ def train(config_path, local_np, **flags):
     """
     from hvams.config import ConfigError, load_config
 
+    from hvams.runtime.runtime import check_devices
+
     try:
         cfg = load_config(config_path, flags)
+        check_devices(cfg)
     except ConfigError as exc:
         if _rank() == 0:
             click.echo(f"hvams: error: {exc}", err=True)

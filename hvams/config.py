@@ -1,25 +1,50 @@
 """The one typed configuration of a training run, shared by CLI and library.
 
-Load order: defaults < YAML file (``--config``) < command-line flags. Unknown
-keys and impossible values are errors that name the key. The resolved config
-is saved as ``RUN_DIR/config.yaml``.
+Load order: defaults < YAML file (``--config``) < command-line flags. Every
+key is validated against its declared type by pydantic (numbers in YAML
+scientific notation such as ``1e-3`` become floats; booleans are YAML
+booleans or one of ``BOOL_WORDS``); unknown keys and impossible values are
+errors that name the key. The resolved config is saved as ``RUN_DIR/config.yaml``.
 """
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Annotated
 
+import pydantic
 import yaml
 
 MODELS = ("idonly", "din", "dicm", "din+img")
 AGGREGATORS = ("mqap", "attentive", "sum", "max", "concat")
 STRATEGIES = ("ams", "store-in-server", "store-in-worker")
 BACKBONES = ("small-cnn", "resnet18", "vgg16", "mobilenet_v3_small")
+DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16", "fp64")
 
 
 class ConfigError(ValueError):
     """A configuration key or value that cannot be used."""
+
+    user_error = True  # bad input: reported without a traceback
+
+
+# The strings a boolean key accepts besides YAML's own true/false (case-insensitive).
+BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+
+
+def _flag(value):
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in BOOL_WORDS:
+        return BOOL_WORDS[value.strip().lower()]
+    raise ValueError(f"expected a boolean (true/false, or one of {sorted(BOOL_WORDS)})")
+
+
+# A boolean config key: YAML booleans or BOOL_WORDS, never a truthy string or a number.
+Flag = Annotated[bool, pydantic.BeforeValidator(_flag)]
 
 
 @dataclass
@@ -31,48 +56,56 @@ class TrainConfig:
     images: str | None = None            # image store; default DATA/images
     train_days: list[str] | None = None  # default: world.json's, else all days but the last
     test_day: str | None = None          # default: world.json's, else the last day
-    model: str = "idonly"
-    servers: int = 1
-    placement: str = "block"
-    seed: int = 0
-    epochs: int = 1
+    model: str = "idonly"  # idonly, din, dicm or din+img
+    servers: int = 1  # server ranks; the rest of the job's ranks are workers
+    placement: str = "block"  # block (ranks 0..S-1) or spread (round-robin over nodes)
+    seed: int = 0  # seeds the models, the ID rows and the image model
+    epochs: int = 1  # passes over the training days
     max_steps: int | None = None         # stop after this many steps (all epochs)
     batch_size: int = 256                # per worker
-    eval_batch_size: int = 1024
-    prefetch: int = 2
-    on_bad_row: str = "error"
+    eval_batch_size: int = 1024  # samples per worker per evaluation step
+    prefetch: int = 2  # batches each worker's reader thread reads ahead
+    on_bad_row: str = "error"  # error (stop, naming file and row) or skip (count and report)
     # model
-    emb_dim: int = 12
-    mlp: list[int] = field(default_factory=lambda: [200, 80])
-    attention: list[int] = field(default_factory=lambda: [64, 16])
+    emb_dim: int = 12  # width of every ID and image embedding (the paper's 12)
+    mlp: list[int] = field(default_factory=lambda: [200, 80])   # CTR tower's hidden layers
+    attention: list[int] = field(default_factory=lambda: [64, 16])  # attention unit's layers
     # dense optimizer on workers (paper: Adam 0.001, x0.9 every 24,000 batches)
-    lr: float = 0.001
-    lr_decay: float = 0.9
-    lr_decay_steps: int = 24000
+    lr: float = 0.001  # Adam learning rate of the worker model
+    lr_decay: float = 0.9  # learning rates x lr_decay every lr_decay_steps steps
+    lr_decay_steps: int = 24000  # steps between learning-rate decays
     # sparse optimizer on servers
-    sparse_optimizer: str = "adagrad"
-    sparse_lr: float = 0.05
-    init_scale: float = 0.05
+    sparse_optimizer: str = "adagrad"  # adagrad, adam or sgd, on the servers' ID rows
+    sparse_lr: float = 0.05  # learning rate of the ID embeddings
+    init_scale: float = 0.05  # ID rows start uniform in [-init_scale, init_scale)
     # images (AMS)
-    aggregator: str = "mqap"
-    strategy: str = "ams"
-    backbone: str = "small-cnn"
-    backbone_weights: str | None = None
-    freeze_backbone: bool = False
-    image_size: int = 32
+    aggregator: str = "mqap"  # behavior images: mqap, attentive, sum, max or concat
+    strategy: str = "ams"  # ams, store-in-server or store-in-worker
+    backbone: str = "small-cnn"  # small-cnn, resnet18, vgg16 (cut at fc6) or mobilenet_v3_small
+    backbone_weights: str | None = None  # state-dict file of the backbone (default: random)
+    freeze_backbone: Flag = False  # fixed backbone, features cached per image; the head trains
+    image_size: int = 32  # side in pixels images are resized to
     head: list[int] | None = None        # default: the paper's 256-64 (after the backbone)
-    image_lr: float = 0.001
+    image_lr: float = 0.001  # Adam learning rate of the shared image model
     feature_cache: int = 200_000         # frozen backbone outputs kept per rank
     pixel_cache: int = 100_000           # decoded, resized images kept per rank
-    concat_behaviors: int = 10
-    max_pixels: int = 4096 * 4096
+    concat_behaviors: int = 10  # newest behaviors the concat aggregator keeps
+    max_pixels: int = 4096 * 4096  # images whose header claims more pixels are refused (bombs)
+    cache_bytes: int | None = None       # pixel + feature caches per rank; default: 40% of free
+                                         # GPU memory on CUDA, no byte bound on the CPU
+    # devices (hvams.runtime)
+    device: str = "auto"                 # auto | cpu | cuda (auto: CUDA where a GPU is visible)
+    server_device: str | None = None     # overrides device on servers
+    worker_device: str | None = None     # overrides device on workers
+    precision: str = "auto"              # auto | fp32 | bf16 | fp64 (auto: bf16 on CUDA, else fp32)
+    sync_stages: Flag = False            # CUDA: synchronise at stage boundaries (exact stage times)
     # bookkeeping
     checkpoint_every: int = 0            # steps; 0 = only at the end
-    resume: bool = False
-    progress: bool = True
-    log_every: int = 50
+    resume: Flag = False  # continue from the newest complete checkpoint in out
+    progress: Flag = True  # progress bar / log lines on the first server
+    log_every: int = 50  # steps between progress lines and TensorBoard points
     eval_every: int = 0                  # steps between test evaluations; 0 = after each epoch
-    evaluate: bool = True                # False: no test evaluation at all (benchmarks)
+    evaluate: Flag = True                # False: no test evaluation at all (benchmarks)
     tensorboard: str | None = None       # TensorBoard log directory
     warm_start: str | None = None        # RUN_DIR: load all but the ID embeddings (paper Table 5)
     step_timeout: float = 600.0          # seconds without progress before a rank aborts the job
@@ -105,6 +138,11 @@ class TrainConfig:
         need(all(d >= 1 for d in self.attention), "attention", "needs positive layer sizes")
         need(self.feature_cache >= 0, "feature_cache", "must be >= 0")
         need(self.pixel_cache >= 0, "pixel_cache", "must be >= 0")
+        need(self.cache_bytes is None or self.cache_bytes >= 0, "cache_bytes", "must be >= 0")
+        for key in ("device", "server_device", "worker_device"):
+            need(getattr(self, key) in DEVICES + ((None,) if key != "device" else ()), key,
+                 f"must be one of {DEVICES}")
+        need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         return self
 
     @property
@@ -122,16 +160,41 @@ class TrainConfig:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
+_ADAPTER = pydantic.TypeAdapter(TrainConfig)
+
+
+def _type_name(annotation) -> str:
+    name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
+    return {"Flag": "boolean", "bool": "boolean"}.get(name, name)
+
+
 def merge(base: TrainConfig, values: dict, source: str) -> TrainConfig:
-    """``base`` with ``values`` applied; unknown keys raise ConfigError naming them."""
+    """``base`` with ``values`` applied and every key checked against its declared type.
+
+    Unknown keys raise ConfigError naming them and the closest valid key; a
+    value of the wrong type raises ConfigError naming the key, the value and
+    the expected type.
+    """
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(k for k in values if k.replace("-", "_") not in known)
     if unknown:
-        raise ConfigError(f"{source}: unknown config key(s) {unknown}")
-    out = dataclasses.replace(base)
-    for key, value in values.items():
-        setattr(out, key.replace("-", "_"), value)
-    return out
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k.replace("-", "_"), known, n=1)
+            hints.append(f"{k!r} (did you mean {close[0]!r}?)" if close else repr(k))
+        raise ConfigError(f"{source}: unknown config key(s) {', '.join(hints)}; "
+                          f"the keys are listed in docs/cli.md")
+    merged = base.to_dict()
+    merged.update({k.replace("-", "_"): v for k, v in values.items()})
+    try:
+        return _ADAPTER.validate_python(merged)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        want = _type_name(known[key].type) if key in known else "?"
+        value = merged.get(key)
+        raise ConfigError(f"{source}: config key {key!r}: {value!r} ({type(value).__name__}) is "
+                          f"not a valid {want}: {err['msg']}") from None
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:

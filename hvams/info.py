@@ -8,7 +8,9 @@ def stack_info() -> dict:
     import torchvision
 
     info: dict = {"torch": torch.__version__, "torchvision": torchvision.__version__,
-                  "cuda_available": torch.cuda.is_available()}
+                  "cuda_available": torch.cuda.is_available(),
+                  "cuda_devices": [torch.cuda.get_device_name(i)
+                                   for i in range(torch.cuda.device_count())]}
     try:
         import horovod
         import horovod.torch as hvd
@@ -67,4 +69,8 @@ def format_info(info: dict) -> str:
     mpi = info["mpi"]
     lines.append(f"mpi4py {mpi['mpi4py']}: {mpi['vendor']}, thread level {mpi['thread_level']}")
     lines.append(f"MPI library: {mpi['library']}")
+    if info.get("cuda_devices"):
+        lines.append("CUDA devices: " + ", ".join(f"{i}: {n}" for i, n in enumerate(info["cuda_devices"])))
+    for role, where in info.get("devices", {}).items():
+        lines.append(f"{role}s compute on: {where} (rank r of a node takes GPU r % GPUs)")
     return "\n".join(lines)

@@ -49,9 +49,12 @@ fi
 
 # 3. Horovod 0.28.1 from source, once per (torch, python, flags, CUDA) key.
 HVD_PIN=$(grep -E '^horovod==' requirements.txt)
-hvd_ok() { "$VPY" - <<'PY' 2>/dev/null
+hvd_ok() { "$VPY" - "${HVAMS_GPU_OPS:-auto}" <<'PY' 2>/dev/null
+import sys
 import horovod.torch as hvd
-raise SystemExit(0 if hvd.mpi_built() and hvd.gloo_built() else 1)
+ok = hvd.mpi_built() and hvd.gloo_built()
+# An explicit request for NCCL is not met by a CPU-only build.
+raise SystemExit(0 if ok and (sys.argv[1] != "nccl" or hvd.nccl_built()) else 1)
 PY
 }
 if ! hvd_ok; then
@@ -63,6 +66,27 @@ if ! hvd_ok; then
     if [ -n "$d" ] && [ -d "$d/include" ]; then cuda_root=$d; break; fi
   done
   if [ -n "$cuda_root" ]; then export CUDA_HOME=$cuda_root CUDAToolkit_ROOT=$cuda_root; fi
+  # GPU collectives: NCCL when nvcc and NCCL's headers (the nvidia-nccl wheel torch
+  # installs) are present and a GPU is visible, or when HVAMS_GPU_OPS=nccl asks for it
+  # (a GPU cluster's build node may have no GPU); HVAMS_GPU_OPS=none never builds them.
+  gpu_ops=${HVAMS_GPU_OPS:-auto}
+  nccl_home=$("$VPY" -c 'import nvidia.nccl, os; print(list(nvidia.nccl.__path__)[0])' 2>/dev/null || true)
+  if [ "$gpu_ops" = auto ]; then
+    gpu_ops=none
+    if [ -n "$cuda_root" ] && command -v nvcc >/dev/null && [ -f "$nccl_home/include/nccl.h" ] \
+       && nvidia-smi -L >/dev/null 2>&1; then gpu_ops=nccl; fi
+  fi
+  if [ "$gpu_ops" = nccl ]; then
+    [ -f "$nccl_home/include/nccl.h" ] || { log "HVAMS_GPU_OPS=nccl but no NCCL headers (pip package nvidia-nccl)"; exit 1; }
+    [ -e "$nccl_home/lib/libnccl.so" ] || ln -s "$nccl_home/lib/libnccl.so.2" "$nccl_home/lib/libnccl.so"
+    export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_NCCL_HOME=$nccl_home HOROVOD_NCCL_LINK=SHARED
+    export HOROVOD_CUDA_HOME=$cuda_root
+  else
+    unset HOROVOD_GPU_OPERATIONS
+  fi
+  # CMake 4 refuses gloo's old cmake_minimum_required; GCC 13 wants <string>/<cstdint> included.
+  [ "$(cmake --version | head -1 | grep -oE '[0-9]+' | head -1)" -ge 4 ] && export CMAKE_POLICY_VERSION_MINIMUM=3.5
+  [ "$(g++ -dumpversion | cut -d. -f1)" -ge 13 ] && export CXXFLAGS="${CXXFLAGS:-} -include string -include cstdint"
   torch_v=$("$VPY" -c 'import torch; print(torch.__version__)')
   py_v=$("$VPY" -c 'import sys; print("%d%d" % sys.version_info[:2])')
   flags="${HVD_PIN}|torch=$torch_v|py=$py_v|cuda=${cuda_root:+yes}|gpu_ops=${HOROVOD_GPU_OPERATIONS:-none}|mpi=$(mpirun --version 2>&1 | head -1)"

@@ -134,3 +134,45 @@ def test_reader_error_propagates_from_prefetch_thread(tmp_path, tiny_world):
         for b in reader:
             got.append(b.n)
     assert sum(got) <= 256
+
+
+def _as_strings(table, name):
+    i = table.schema.get_field_index(name)
+    col = table.column(name)
+    if pa.types.is_list(col.type):
+        return table.set_column(i, name, pa.array([[str(v) for v in row] for row in col.to_pylist()]))
+    return table.set_column(i, name, pa.array([str(v) for v in col.to_pylist()]))
+
+
+def test_wrong_column_type_names_file_field_and_type(tmp_path, tiny_world):
+    schema = Schema.load(tiny_world)
+    day, _ = _bad_day(tmp_path, tiny_world, lambda t: _as_strings(t, schema.ad_image))
+    with pytest.raises(MalformedDataError, match=rf"part-00000.parquet: column '{schema.ad_image}' "
+                                                 r"has type string, .*needs an integer "
+                                                 r"\(string image keys: .*hvams images keys"):
+        list(DayReader(day, schema, 64))
+    (tmp_path / "b").mkdir()
+    day2, _ = _bad_day(tmp_path / "b", tiny_world, lambda t: _as_strings(t, "beh_item"))
+    with pytest.raises(MalformedDataError, match=r"column 'beh_item' has type list<\w+: string>"
+                                                 r".*needs a list of integers"):
+        list(DayReader(day2, schema, 64))
+
+
+def test_train_on_a_wrong_column_type_gives_one_clear_line(tmp_path, tiny_world):
+    """Every worker hits it; the job ends with the message and no traceback."""
+    import shutil
+
+    from mpi_harness import py, run_mpi
+
+    world = tmp_path / "world"
+    shutil.copytree(tiny_world, world, ignore=shutil.ignore_patterns("day=*"))
+    schema = Schema.load(tiny_world)
+    for d in list_days(tiny_world):
+        (world / d.name).mkdir()
+        for f in d.glob("*.parquet"):
+            pq.write_table(_as_strings(pq.ParquetFile(f).read(), schema.ad_image), world / d.name / f.name)
+    res = run_mpi(3, py("cli", "train", "--data", world, "--out", tmp_path / "run", "--servers",
+                        "1", "--model", "idonly", "--no-progress"), timeout=120)
+    assert res.returncode != 0 and not res.timed_out
+    assert f"column '{schema.ad_image}' has type string" in res.output
+    assert "Traceback" not in res.output and "ArrowTypeError" not in res.output, res.output[-3000:]

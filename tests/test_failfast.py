@@ -40,3 +40,9 @@ def test_watchdog_bounds_a_hang(tiny_world, tmp_path):
     assert not res.timed_out and res.returncode != 0, res.output[-3000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert "made no progress for" in res.output and "aborting the job" in res.output
+    # the hung rank's Python stack (faulthandler) shows where it hung, before MPI_Abort
+    assert "Python stacks of this rank before MPI_Abort" in res.output
+    assert "(most recent call first)" in res.output and "maybe_inject_fault" in res.output, \
+        res.output[-3000:]
+    # and the other ranks' too (their own watchdogs, or the launcher's SIGTERM)
+    assert res.output.count("Current thread 0x") >= 2, res.output[-3000:]

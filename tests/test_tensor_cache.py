@@ -57,3 +57,12 @@ def test_zero_capacity_caches_nothing():
     c.put_many(np.array([1]), _vals([1]))
     assert len(c) == 0
     assert c.gather(np.array([1]), np.arange(1), torch.zeros((1, 3))).tolist() == [0]
+
+
+def test_byte_bound_sets_the_entry_bound_from_the_first_value():
+    # 3 float32 = 12 bytes per entry: 100 bytes hold 8 entries, whatever the entry bound says.
+    c = TensorCache(1000, max_bytes=100)
+    c.put_many(np.arange(20), _vals(range(20)))
+    assert c.capacity == 8 and len(c) <= 8
+    assert c.stats()["bytes"] <= 100 and c.stats()["device"] == "cpu"
+    assert TensorCache(5, max_bytes=10_000).capacity == 5

@@ -22,13 +22,14 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 # Keys that do not change a run's result: a finished run with the same config otherwise is reused.
-NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every")
+NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every", "sync_stages")
 
 
 def job_config(cfg: TrainConfig, timeout: float) -> TrainConfig:
     # A first step may legitimately take long (e.g. vgg16 features of every image on a CPU);
     # the job's own timeout bounds a hang, so the per-step watchdog only needs to outlast it.
-    return replace(cfg, progress=False, step_timeout=max(cfg.step_timeout, timeout)).validate()
+    return replace(cfg, progress=False, sync_stages=True,
+                   step_timeout=max(cfg.step_timeout, timeout)).validate()
 
 
 def _result(out: Path) -> dict:

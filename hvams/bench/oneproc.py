@@ -26,6 +26,7 @@ from hvams.models import build_model
 from hvams.models.image import build_image_model
 from hvams.models.inputs import Inputs
 from hvams.store.lmdb_store import ImageStore
+from hvams.runtime import Runtime, role_runtime
 from hvams.train.plan import lr_scale, resolve_days
 
 
@@ -54,8 +55,10 @@ def concat(parts: list[Batch]) -> Batch:
 
 
 class OneProcess:
-    def __init__(self, cfg: TrainConfig, schema: Schema, batches: list[Batch]):
+    def __init__(self, cfg: TrainConfig, schema: Schema, batches: list[Batch],
+                 runtime: Runtime | None = None):
         self.cfg, self.schema, self.batches = cfg, schema, batches
+        self.rt = rt = runtime or role_runtime(cfg, "worker")
         self.fields = [f for f in schema.fields if f.kind in ("id", "id_list")]
         vocab: dict[str, set] = {}
         for b in batches:
@@ -68,14 +71,15 @@ class OneProcess:
             with torch.no_grad():
                 emb.weight.copy_(torch.from_numpy(
                     initial_rows(keys, cfg.emb_dim, t, cfg.seed, cfg.init_scale)))
-            self.tables[t] = emb
-        self.model = build_model(cfg, schema)
+            self.tables[t] = rt.module(emb)
+        self.model = rt.module(build_model(cfg, schema))
         self.dense_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.image_model = None
         if cfg.uses_images:  # the image model held locally, fed straight from the store
-            self.image_model = build_image_model(cfg)
-            self.embedder = PixelEmbedder(self.image_model, cfg.feature_cache)
-            self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size)
+            self.embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache, rt)
+            self.image_model = self.embedder.model
+            self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size,
+                                      device=rt.device)
             self.image_opt = torch.optim.Adam(self.image_model.trainable_parameters(), lr=cfg.image_lr)
         params = list(self.tables.parameters())
         if cfg.sparse_optimizer == "adagrad":
@@ -87,7 +91,7 @@ class OneProcess:
 
     def lookup(self, table: str, values: np.ndarray) -> torch.Tensor:
         idx = np.searchsorted(self.keys[table], values)
-        return self.tables[table](torch.from_numpy(idx))
+        return self.tables[table](self.rt.index(idx))
 
     def inputs(self, b: Batch) -> Inputs:
         single = {f.name: self.lookup(f.table, b.values[f.name]) for f in self.fields if not f.is_list}
@@ -96,10 +100,11 @@ class OneProcess:
             ad, beh = self.schema.ad_image, self.schema.behavior_image
             keys = np.unique(np.concatenate([b.values[ad], b.lists[beh]]))
             emb = self.embedder.embed_from(self.source, keys)
-            single[ad] = emb[torch.from_numpy(np.searchsorted(keys, b.values[ad]))]
-            lists[beh] = emb[torch.from_numpy(np.searchsorted(keys, b.lists[beh]))]
-        lengths = torch.from_numpy(b.lengths)
-        return Inputs(b.n, single, lists, torch.repeat_interleave(torch.arange(b.n), lengths), lengths)
+            single[ad] = emb[self.rt.index(np.searchsorted(keys, b.values[ad]))]
+            lists[beh] = emb[self.rt.index(np.searchsorted(keys, b.lists[beh]))]
+        lengths = self.rt.index(b.lengths)
+        segment = torch.repeat_interleave(torch.arange(b.n, device=lengths.device), lengths)
+        return Inputs(b.n, single, lists, segment, lengths)
 
     def train(self) -> list[float]:
         """Train on every batch; the loss sums. ``self.step_s`` holds each step's wall time."""
@@ -116,9 +121,10 @@ class OneProcess:
                 for g in self.image_opt.param_groups:
                     g["lr"] = self.cfg.image_lr * scale
                 self.image_opt.zero_grad()
-            logits = self.model(self.inputs(b))
-            labels = torch.from_numpy(b.values[self.schema.label].astype(np.int64))
-            loss = F.cross_entropy(logits, labels, reduction="sum")
+            with self.rt.compute():
+                logits = self.model(self.inputs(b))
+            labels = self.rt.index(b.values[self.schema.label].astype(np.int64))
+            loss = F.cross_entropy(logits.to(self.rt.dtype), labels, reduction="sum")
             self.dense_opt.zero_grad()
             self.sparse_opt.zero_grad()
             (loss / b.n).backward()
@@ -131,5 +137,5 @@ class OneProcess:
         return losses
 
     def table_rows(self, table: str) -> dict[int, np.ndarray]:
-        w = self.tables[table].weight.detach().numpy()
+        w = self.rt.download(self.tables[table].weight)
         return {int(k): w[i] for i, k in enumerate(self.keys[table])}

@@ -28,6 +28,30 @@ from .schema import Schema
 class MalformedDataError(ValueError):
     """A Parquet row that breaks the schema; the message names file/row group/row/field."""
 
+    user_error = True  # bad input: reported without a traceback
+
+
+def _type_ok(kind: str, t: pa.DataType) -> bool:
+    if kind in ("id_list", "image_list"):
+        return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
+    if kind in ("id", "image"):
+        return pa.types.is_integer(t)
+    return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
+
+
+def check_column_types(path: str, arrow_schema: pa.Schema, schema: Schema) -> None:
+    """Each schema field's column has a type its kind can read; else an error naming them."""
+    for f in schema.fields:
+        t = arrow_schema.field(f.name).type
+        if _type_ok(f.kind, t):
+            continue
+        want = {"id": "an integer", "image": "an integer", "id_list": "a list of integers",
+                "image_list": "a list of integers"}.get(f.kind, "a number")
+        hint = (" (string image keys: map them to int64 ids with `hvams images keys`, "
+                "see docs/data.md)" if f.kind in ("image", "image_list") else "")
+        raise MalformedDataError(f"{path}: column {f.name!r} has type {t}, but schema field "
+                                 f"{f.name!r} (kind {f.kind}) needs {want}{hint}")
+
 
 @dataclass(frozen=True)
 class Chunk:
@@ -51,8 +75,31 @@ def list_days(data_dir: str | Path) -> list[Path]:
     return sorted(p for p in Path(data_dir).glob("day=*") if p.is_dir())
 
 
-def worker_chunks(files: list[Path], worker: int, num_workers: int) -> list[Chunk]:
-    """The row-group slices that make up worker ``worker``'s share of the day."""
+Ranges = list[tuple[int, int]]  # [lo, hi) intervals of a day's global row numbers
+
+
+def day_rows(files: list[Path]) -> int:
+    return sum(pq.ParquetFile(p).metadata.num_rows for p in files)
+
+
+def split_ranges(ranges: Ranges, worker: int, num_workers: int) -> Ranges:
+    """Worker ``worker``'s share of the rows in ``ranges``: the same equal split as for
+    a whole day, over the rows of ``ranges`` taken in order."""
+    total = sum(b - a for a, b in ranges)
+    lo, hi = worker * total // num_workers, (worker + 1) * total // num_workers
+    out, pos = [], 0
+    for a, b in ranges:
+        x, y = max(lo, pos), min(hi, pos + b - a)
+        if x < y:
+            out.append((a + x - pos, a + y - pos))
+        pos += b - a
+    return out
+
+
+def worker_chunks(files: list[Path], worker: int, num_workers: int,
+                  ranges: Ranges | None = None) -> list[Chunk]:
+    """The row-group slices that make up worker ``worker``'s share of the day (or of the
+    day's rows in ``ranges``, after a resume on another worker count)."""
     groups = []  # (path, rg, rows, file_row_start)
     for path in files:
         md = pq.ParquetFile(path).metadata
@@ -62,12 +109,13 @@ def worker_chunks(files: list[Path], worker: int, num_workers: int) -> list[Chun
             groups.append((str(path), rg, rows, start))
             start += rows
     total = sum(g[2] for g in groups)
-    lo, hi = worker * total // num_workers, (worker + 1) * total // num_workers
+    mine = split_ranges(ranges if ranges is not None else [(0, total)], worker, num_workers)
     chunks, pos = [], 0
     for path, rg, rows, file_start in groups:
-        a, b = max(lo, pos), min(hi, pos + rows)
-        if a < b:
-            chunks.append(Chunk(path, rg, a - pos, b - pos, file_start + a - pos))
+        for lo, hi in mine:
+            a, b = max(lo, pos), min(hi, pos + rows)
+            if a < b:
+                chunks.append(Chunk(path, rg, a - pos, b - pos, file_start + a - pos))
         pos += rows
     return chunks
 
@@ -85,7 +133,7 @@ class DayReader:
 
     def __init__(self, day_dir: str | Path, schema: Schema, batch_size: int, worker: int = 0,
                  num_workers: int = 1, prefetch: int = 2, on_bad_row: str = "error",
-                 shuffle_seed: int | None = None):
+                 shuffle_seed: int | None = None, ranges: Ranges | None = None):
         if on_bad_row not in ("error", "skip"):
             raise ValueError(f"on_bad_row must be error or skip, not {on_bad_row!r}")
         if batch_size < 1:
@@ -94,7 +142,7 @@ class DayReader:
         self.worker, self.num_workers = worker, num_workers
         self.prefetch, self.on_bad_row, self.shuffle_seed = prefetch, on_bad_row, shuffle_seed
         self.files = day_files(day_dir)
-        self.chunks = worker_chunks(self.files, worker, num_workers)
+        self.chunks = worker_chunks(self.files, worker, num_workers, ranges)
         self.stats = Counter()
         self.rejects: list[str] = []
 
@@ -161,6 +209,7 @@ class DayReader:
         missing = [c for c in self.schema.columns() if c not in have]
         if missing:
             raise MalformedDataError(f"{chunk.path}: missing column(s) {missing} required by the schema")
+        check_column_types(chunk.path, pf.schema_arrow, self.schema)
         table = pf.read_row_group(chunk.rg, columns=self.schema.columns())
         return table.slice(chunk.lo, chunk.hi - chunk.lo)
 

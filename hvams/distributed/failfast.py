@@ -7,11 +7,15 @@
   whose peer is gone (killed, hung, lost node); it names itself, the step it
   waits in, and aborts the job. mpirun also aborts a job whose rank dies, so
   this is the bound for launchers that do not (srun, some schedulers).
+* Stacks: before this rank aborts, and when the launcher terminates it because
+  another rank aborted (SIGTERM), faulthandler writes every thread's Python
+  stack to stderr, so a hang in the field can be read from the log.
 * ``HVAMS_FAULT``: test-only fault injection (``rank:R:step:N:kind``, kind =
   ``raise``, ``kill`` or ``hang``), so tests can fail a rank at an exact step.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -23,8 +27,20 @@ import traceback
 def _abort(code: int = 1) -> None:
     from mpi4py import MPI
 
-    sys.stderr.flush()
     sys.stdout.flush()
+    sys.stderr.write("hvams: Python stacks of this rank before MPI_Abort:\n")
+    sys.stderr.flush()
+    faulthandler.dump_traceback(file=sys.stderr, all_threads=True)
+    sys.stderr.flush()
+    MPI.COMM_WORLD.Abort(code)
+
+
+def abort_quietly(code: int) -> None:
+    """End the job for a user's mistake: no stacks, the message was printed."""
+    from mpi4py import MPI
+
+    sys.stdout.flush()
+    sys.stderr.flush()
     MPI.COMM_WORLD.Abort(code)
 
 
@@ -32,10 +48,15 @@ def install_abort_hook(describe) -> None:
     """Uncaught exception on this rank -> one clear message -> abort the job."""
     def hook(exc_type, exc, tb):
         sys.stderr.write(f"hvams: {describe()} failed: {exc_type.__name__}: {exc}\n")
+        if getattr(exc, "user_error", False):  # bad input: the message says it all
+            sys.stderr.flush()
+            abort_quietly(2)
         traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         _abort(1)
 
     sys.excepthook = hook
+    # mpirun/srun terminate the other ranks of an aborted job: let each say where it was.
+    faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
 
 
 class Watchdog:

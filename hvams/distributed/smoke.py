@@ -41,6 +41,7 @@ def run_smoke(num_servers: int | None = None, placement: str = "block") -> dict:
         "role_sum": float(total.item()), "alltoallv_ok": bool(np.array_equal(recv, expected)),
         "thread_level": topo.thread_level, "thread_multiple": topo.thread_level == MPI.THREAD_MULTIPLE,
         "hvd_size": hvd.size(), "hvd_rank": hvd.rank(),
+        "local_rank": topo.local_rank, "local_size": topo.local_size,
     }
     write_report("smoke", rank, report)
     finish(topo)

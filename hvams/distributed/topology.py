@@ -75,6 +75,8 @@ class Topology:
     server_set: object = None          # horovod ProcessSet
     worker_set: object = None
     thread_level: int = 0
+    local_rank: int = 0                # among the ranks of this node (picks the GPU)
+    local_size: int = 1
     extra: dict = field(default_factory=dict)
 
     @property
@@ -99,7 +101,7 @@ class Topology:
         return self.server_set if self.is_server else self.worker_set
 
     def describe(self) -> str:
-        return (f"rank {self.rank}/{self.size} {self.role} {self.role_rank} on {self.node}")
+        return f"rank {self.rank}/{self.size} {self.role} {self.role_rank} on {self.node}"
 
 
 def fail_all(world, message: str, code: int = 2) -> None:
@@ -135,10 +137,13 @@ def build_topology(num_servers: int | None = None, placement: str = "block",
     workers = [r for r in range(size) if r not in server_set_]
     role = SERVER if rank in server_set_ else WORKER
     role_comm = world.Split(color=0 if role == SERVER else 1, key=rank)
+    from ..runtime.device import local_rank
+
+    on_node, node_size = local_rank(world)
     topo = Topology(
         world=world, rank=rank, size=size, server_ranks=servers, worker_ranks=workers,
         role=role, role_comm=role_comm, role_rank=role_comm.Get_rank(), node=nodes[rank],
-        thread_level=MPI.Query_thread())
+        thread_level=MPI.Query_thread(), local_rank=on_node, local_size=node_size)
     if init_horovod:
         import horovod.torch as hvd
 

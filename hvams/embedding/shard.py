@@ -1,6 +1,6 @@
 """One server's shard of one embedding table, with its per-row optimizer.
 
-Rows live in one contiguous float32 array that doubles when full; optimizer
+Rows live in one contiguous array (float32, or float64 for fp64 runs) that doubles when full; optimizer
 slots are arrays of the same shape, created lazily with the rows they track.
 Adagrad follows ``torch.optim.Adagrad`` and Adam ``torch.optim.SparseAdam``
 (moments of untouched rows stay as they are; bias correction by table step),
@@ -22,15 +22,17 @@ class EmbeddingShard:
 
     def __init__(self, table: str, dim: int, optimizer: str = "adagrad", lr: float = 0.05,
                  seed: int = 0, init_scale: float = 0.05, capacity: int = 1024,
-                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None):
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None,
+                 dtype=np.float32):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown sparse optimizer {optimizer!r}; one of {OPTIMIZERS}")
         self.table, self.dim, self.optimizer, self.lr = table, dim, optimizer, lr
         self.seed, self.init_scale, self.betas = seed, init_scale, betas
         self.eps = eps if eps is not None else (1e-10 if optimizer == "adagrad" else 1e-8)
+        self.dtype = np.dtype(dtype)
         self.index = KeyIndex(capacity)
-        self.rows = np.zeros((capacity, dim), np.float32)
-        self.slots = {name: np.zeros((capacity, dim), np.float32) for name in self._slot_names()}
+        self.rows = np.zeros((capacity, dim), self.dtype)
+        self.slots = {name: np.zeros((capacity, dim), self.dtype) for name in self._slot_names()}
         self.step = 0
 
     def _slot_names(self) -> tuple[str, ...]:
@@ -47,7 +49,7 @@ class EmbeddingShard:
             cap *= 2
         for name in ["rows", *self.slots]:
             old = self.rows if name == "rows" else self.slots[name]
-            new = np.zeros((cap, self.dim), np.float32)
+            new = np.zeros((cap, self.dim), self.dtype)
             new[: len(old)] = old
             if name == "rows":
                 self.rows = new
@@ -70,9 +72,9 @@ class EmbeddingShard:
         return rows
 
     def gather(self, keys: np.ndarray, insert: bool = True) -> np.ndarray:
-        """(len(keys), dim) float32 rows of distinct ``keys``."""
+        """(len(keys), dim) rows of distinct ``keys``."""
         rows = self.row_ids(keys, insert)
-        out = np.empty((len(keys), self.dim), np.float32)
+        out = np.empty((len(keys), self.dim), self.dtype)
         known = rows >= 0
         out[known] = self.rows[rows[known]]
         if not known.all():
@@ -86,7 +88,7 @@ class EmbeddingShard:
             return
         rows = self.row_ids(keys)
         w = torch.from_numpy(self.rows)
-        g = torch.from_numpy(np.ascontiguousarray(grads, np.float32))
+        g = torch.from_numpy(np.ascontiguousarray(grads, self.dtype))
         idx = torch.from_numpy(rows)
         lr = self.lr * lr_scale
         if self.optimizer == "sgd":

@@ -3,7 +3,8 @@
 ``PixelEmbedder`` is the one code path from pixels (or cached backbone
 features) to 12-d embeddings: the AMS server channel, the store-in-server
 worker and the store-in-worker worker all call it, so the three strategies
-compute the same numbers.
+compute the same numbers. It runs on its ``Runtime``'s device and precision:
+the model, the feature cache and every intermediate tensor live there.
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import torch
 
 from ..models.image import ImageEmbedder
 from ..protocol.timing import stage
+from ..runtime import Runtime
 from .source import ImageSource, normalize
 from .tensor_cache import TensorCache
 
@@ -22,21 +24,30 @@ FROZEN_CHUNK = 256  # images per frozen-backbone forward: bounds activation memo
 class PixelEmbedder:
     """Pixels -> features (cached per key when the backbone is frozen) -> embeddings."""
 
-    def __init__(self, model: ImageEmbedder, feature_cache: int = 200_000):
-        self.model = model
-        self.features = TensorCache(feature_cache if model.frozen else 0)
+    def __init__(self, model: ImageEmbedder, feature_cache: int = 200_000,
+                 runtime: Runtime | None = None, cache_bytes: int | None = None):
+        self.rt = runtime or Runtime.cpu()
+        self.model = self.rt.module(model, channels_last=True)
+        self.features = TensorCache(feature_cache if model.frozen else 0, self.rt.device, cache_bytes)
         self.backbone_runs = 0
+
+    def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = normalize(pixels, self.rt.dtype)
+        if self.rt.is_cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self.rt.compute():
+            return self.model.features(x).to(self.rt.dtype)
 
     def backbone_features(self, keys: np.ndarray, pixels: torch.Tensor, valid: np.ndarray
                           ) -> torch.Tensor:
         """(k, F) features of the valid keys (rows of invalid keys are zeros)."""
         k = len(keys)
-        out = torch.zeros((k, self.model.feature_dim))
+        out = self.rt.zeros(k, self.model.feature_dim)
         rows = np.flatnonzero(valid)
         if not self.model.frozen:
             if len(rows):
-                idx = torch.from_numpy(rows)
-                feats = self.model.features(normalize(pixels.index_select(0, idx)))
+                idx = self.rt.index(rows)
+                feats = self._backbone(pixels.index_select(0, idx))
                 self.backbone_runs += len(rows)
                 out = out.index_put((idx,), feats)
             return out
@@ -48,10 +59,10 @@ class PixelEmbedder:
         """out[rows] = frozen backbone features of pixels[rows], in chunks; cache them."""
         with torch.no_grad():
             for start in range(0, len(rows), FROZEN_CHUNK):
-                idx = torch.from_numpy(rows[start:start + FROZEN_CHUNK])
-                out.index_copy_(0, idx, self.model.features(normalize(pixels.index_select(0, idx))))
+                idx = self.rt.index(rows[start:start + FROZEN_CHUNK])
+                out.index_copy_(0, idx, self._backbone(pixels.index_select(0, idx)))
         if len(rows):
-            self.features.put_many(np.asarray(keys)[rows], out.index_select(0, torch.from_numpy(rows)))
+            self.features.put_many(np.asarray(keys)[rows], out.index_select(0, self.rt.index(rows)))
         self.backbone_runs += len(rows)
 
     def features_from(self, source: ImageSource, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
@@ -66,7 +77,7 @@ class PixelEmbedder:
                 pixels, valid = source.load(keys)
             with stage("image_compute"):
                 return self.backbone_features(keys, pixels, valid), valid
-        out = torch.zeros((len(keys), self.model.feature_dim))
+        out = self.rt.zeros(len(keys), self.model.feature_dim)
         with stage("decode"):
             todo = self.features.gather(keys, np.arange(len(keys)), out)
             pixels, loaded = source.load(keys[todo])
@@ -74,9 +85,9 @@ class PixelEmbedder:
         valid[todo] = loaded
         if len(todo):
             with stage("image_compute"):
-                part = torch.zeros((len(todo), self.model.feature_dim))
+                part = self.rt.zeros(len(todo), self.model.feature_dim)
                 self._frozen_forward(keys[todo], pixels, np.flatnonzero(loaded), part)
-                out.index_copy_(0, torch.from_numpy(todo), part)
+                out.index_copy_(0, self.rt.index(todo), part)
         return out, valid
 
     def head(self, feats: torch.Tensor, valid: np.ndarray) -> torch.Tensor:
@@ -84,8 +95,9 @@ class PixelEmbedder:
         k = feats.shape[0]
         out = self.model.missing.unsqueeze(0).expand(k, -1)
         if valid.any():
-            idx = torch.from_numpy(np.flatnonzero(valid))
-            emb = self.model.head(feats.index_select(0, idx))
+            idx = self.rt.index(np.flatnonzero(valid))
+            with self.rt.compute():
+                emb = self.model.head(feats.index_select(0, idx)).to(self.rt.dtype)
             out = out.index_put((idx,), emb)
         return out
 

@@ -12,10 +12,11 @@ import torch
 from ..models.image import FEATURE_DIMS
 
 
-def payload_spec(backbone: str, frozen: bool, image_size: int) -> tuple[int, np.dtype]:
+def payload_spec(backbone: str, frozen: bool, image_size: int, feature_dtype=np.float32
+                 ) -> tuple[int, np.dtype]:
     """(row width, dtype) of the payload for this image model."""
     if frozen:
-        return FEATURE_DIMS[backbone] + 1, np.dtype(np.float32)
+        return FEATURE_DIMS[backbone] + 1, np.dtype(feature_dtype)
     return 3 * image_size ** 2 + 1, np.dtype(np.uint8)
 
 
@@ -26,9 +27,9 @@ def pack(rows: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 def unpack(payload: torch.Tensor, frozen: bool, image_size: int
            ) -> tuple[torch.Tensor, np.ndarray]:
-    """(features (k, F) float, or pixels (k, 3, s, s) uint8; validity mask)."""
-    valid = (payload[:, -1] > 0).numpy()
+    """(features (k, F), or pixels (k, 3, s, s) uint8, on the payload's device; validity mask)."""
+    valid = (payload[:, -1] > 0).cpu().numpy()
     body = payload[:, :-1]
     if frozen:
-        return body.float(), valid
+        return body, valid
     return body.reshape(len(valid), 3, image_size, image_size), valid

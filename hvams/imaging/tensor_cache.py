@@ -8,6 +8,10 @@ passes over a ``KeyIndex`` plus one ``index_select``/``index_copy_``.
 Eviction is least-recently-used in bulk: when an insert would overflow, the
 least recently used entries are dropped until the cache is half full, in one
 rebuild, so the cost per insert stays constant.
+
+The values live on the cache's device (GPU memory for a CUDA rank); the
+index stays on the host. The capacity is bounded in entries and, optionally,
+in bytes: the entry bound follows from the first value's size.
 """
 from __future__ import annotations
 
@@ -20,10 +24,24 @@ from ..embedding.key_index import KeyIndex
 class TensorCache:
     """Up to ``capacity`` tensors of one shape and dtype, keyed by non-negative int64."""
 
-    def __init__(self, capacity: int):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu",
+                 max_bytes: int | None = None):
         self.capacity = capacity
+        self.device = torch.device(device)
+        self.max_bytes = max_bytes
         self.hits = self.misses = 0
         self._clear()
+
+    def _index_tensor(self, idx: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(idx, np.int64))
+        return t if self.device.type == "cpu" else t.to(self.device, non_blocking=True)
+
+    def _bound(self, like: torch.Tensor) -> None:
+        """Fold the byte bound into the entry bound once the entry size is known."""
+        if self.max_bytes is not None:
+            per = max(1, like[0].numel() * like.element_size())
+            self.capacity = min(self.capacity, self.max_bytes // per)
+            self.max_bytes = None
 
     def _clear(self) -> None:
         self._index = KeyIndex()
@@ -48,12 +66,14 @@ class TensorCache:
         if n_hit:
             self._tick += 1
             self._used[slot[hit]] = self._tick
-            out.index_copy_(0, torch.from_numpy(rows[hit]),
-                            self._values.index_select(0, torch.from_numpy(slot[hit])))
+            out.index_copy_(0, self._index_tensor(rows[hit]),
+                            self._values.index_select(0, self._index_tensor(slot[hit])).to(out.device))
         return rows[~hit]
 
     def put_many(self, keys: np.ndarray, values: torch.Tensor) -> None:
         """Cache ``values[i]`` under ``keys[i]``; keys already cached keep their value."""
+        if len(keys):
+            self._bound(values)
         if self.capacity <= 0 or len(keys) == 0:
             return
         keys = np.asarray(keys, np.int64)
@@ -67,7 +87,8 @@ class TensorCache:
         rows = self._index.insert(keys[new])
         self._reserve(values, int(rows[-1]) + 1)
         self._tick += 1
-        self._values.index_copy_(0, torch.from_numpy(rows), values.index_select(0, torch.from_numpy(new)))
+        src = values.index_select(0, self._index_tensor(new).to(values.device))
+        self._values.index_copy_(0, self._index_tensor(rows), src.to(self.device))
         self._used[rows] = self._tick
 
     def _reserve(self, like: torch.Tensor, n: int) -> None:
@@ -75,7 +96,7 @@ class TensorCache:
         if n <= have:
             return
         size = min(self.capacity, max(n, 2 * have, 1024))
-        grown = torch.empty((size, *like.shape[1:]), dtype=like.dtype)
+        grown = torch.empty((size, *like.shape[1:]), dtype=like.dtype, device=self.device)
         if have:
             grown[:have] = self._values
         self._values = grown
@@ -92,8 +113,7 @@ class TensorCache:
         order = np.argpartition(-self._used[:n], keep - 1)[:keep]
         order = order[np.argsort(-self._used[order], kind="stable")]
         keys = self._index.keys_in_row_order()[order]
-        idx = torch.from_numpy(order)
-        self._values[:keep] = self._values.index_select(0, idx)
+        self._values[:keep] = self._values.index_select(0, self._index_tensor(order))
         used = self._used[order]
         self._index = KeyIndex(keep)
         self._index.insert(keys)
@@ -102,5 +122,7 @@ class TensorCache:
 
     def stats(self) -> dict:
         total = self.hits + self.misses
-        return {"size": len(self), "capacity": self.capacity, "hits": self.hits,
+        held = 0 if self._values is None else self._values.numel() * self._values.element_size()
+        return {"size": len(self), "capacity": self.capacity, "bytes": held,
+                "device": str(self.device), "hits": self.hits,
                 "misses": self.misses, "hit_rate": self.hits / total if total else 0.0}

@@ -47,7 +47,7 @@ class BehaviorImageAggregator(nn.Module):
         if self.kind == "max":
             return segment_max(beh, segment, n)
         starts = torch.cumsum(lengths, 0) - lengths
-        pos = torch.arange(len(segment)) - starts.index_select(0, segment)
+        pos = torch.arange(len(segment), device=segment.device) - starts.index_select(0, segment)
         keep = pos < self.concat_len
         out = beh.new_zeros((n, self.concat_len, self.dim))
         out = out.index_put((segment[keep], pos[keep]), beh[keep])

@@ -41,16 +41,19 @@ def model_fields(schema: Schema, with_images: bool):
 
 
 def build_inputs(batch: Batch, rows: dict[str, torch.Tensor], schema: Schema,
-                 with_images: bool) -> Inputs:
-    """Gather each field's rows from its channel's unique-key rows."""
+                 with_images: bool, upload=torch.from_numpy) -> Inputs:
+    """Gather each field's rows from its channel's unique-key rows.
+
+    ``upload`` puts a host index array on the rows' device (``Runtime.index``).
+    """
     single, lists = {}, {}
     for f in model_fields(schema, with_images):
-        idx = torch.from_numpy(batch.index[f.name])
+        idx = upload(np.asarray(batch.index[f.name], np.int64))
         (lists if f.is_list else single)[f.name] = rows[channel_of(f)].index_select(0, idx)
-    lengths = torch.from_numpy(batch.lengths)
-    segment = torch.repeat_interleave(torch.arange(batch.n), lengths)
+    lengths = upload(np.asarray(batch.lengths, np.int64))
+    segment = torch.repeat_interleave(torch.arange(batch.n, device=lengths.device), lengths)
     return Inputs(batch.n, single, lists, segment, lengths)
 
 
-def labels_of(batch: Batch, schema: Schema) -> torch.Tensor:
-    return torch.from_numpy(np.asarray(batch.values[schema.label], np.int64))
+def labels_of(batch: Batch, schema: Schema, upload=torch.from_numpy) -> torch.Tensor:
+    return upload(np.asarray(batch.values[schema.label], np.int64))

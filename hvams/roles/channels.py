@@ -54,8 +54,8 @@ def id_route(table: str):
     return lambda keys, num_servers: owner(keys, num_servers, salt)
 
 
-def id_channel(table: str, dim: int) -> ChannelSpec:
-    return ChannelSpec(table, dim, np.dtype(np.float32), id_route(table))
+def id_channel(table: str, dim: int, dtype=np.float32) -> ChannelSpec:
+    return ChannelSpec(table, dim, np.dtype(dtype), id_route(table))
 
 
 def image_channel(num_partitions: int, dim: int, dtype=np.float32, trainable: bool = True

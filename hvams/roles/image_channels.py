@@ -31,20 +31,25 @@ class AmsImageChannel:
         self._out = None
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
+        rt = self.embedder.rt
         if train:
             self._out = self.embedder.embed_from(self.source, keys)
-            return self._out.detach().numpy()
+            return rt.download(self._out, self.spec.dtype)
         with torch.no_grad():
-            return self.embedder.embed_from(self.source, keys).numpy()
+            return rt.download(self.embedder.embed_from(self.source, keys), self.spec.dtype)
 
     def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
         if len(keys):
+            g = self.embedder.rt.upload(grads).to(self._out.dtype)
             with stage("image_compute"):
-                self._out.backward(torch.from_numpy(grads))
+                self._out.backward(g)
         self._out = None
 
     def after_update(self, lr_scale: float) -> None:
-        """Allreduce the image model's gradients among servers, then step (every server)."""
+        """Allreduce the image model's gradients among servers, then step (every server).
+
+        On CUDA the gradients are allreduced as device tensors (NCCL where
+        Horovod was built with it)."""
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
         if self.topo.num_servers > 1:
             import horovod.torch as hvd
@@ -81,10 +86,11 @@ class PixelChannel:
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
         if self.embedder is not None:  # frozen backbone: features, computed once per key
             feats, valid = self.embedder.features_from(self.source, keys)
-            return pack(feats.numpy(), valid)
+            return pack(self.embedder.rt.download(feats, self.spec.dtype), valid)
         with stage("decode"):
             pixels, valid = self.source.load(keys)
-        return pack(pixels.reshape(len(keys), 3 * self.source.size ** 2).numpy(), valid)
+        flat = pixels.reshape(len(keys), 3 * self.source.size ** 2)
+        return pack(flat.cpu().numpy() if flat.is_cuda else flat.numpy(), valid)
 
     def update(self, keys, grads, lr_scale) -> None:
         raise RuntimeError("store-in-server image payloads take no gradients")

@@ -122,15 +122,16 @@ class ServerLoop:
         widths = [self.channels[c].spec.dim for c in trainable]
         recv = counts[:, trainable] @ np.array(widths, np.int64) if trainable else \
             np.zeros(self.topo.size, np.int64)
-        empty = [np.zeros(0, np.float32)] * self.topo.size
+        dtype = self.channels[trainable[0]].spec.dtype if trainable else np.dtype(np.float32)
+        empty = [np.zeros(0, dtype)] * self.topo.size
         with stage("comm"):
-            flat = self.ex.alltoallv(empty, recv, np.float32)
+            flat = self.ex.alltoallv(empty, recv, dtype)
         per_src = [_split(flat[s], counts[s, trainable], widths) for s in range(self.topo.size)]
         scale = self.lr_scale_fn(step)
         for j, c in enumerate(trainable):
             ch = self.channels[c]
             g = np.concatenate([per_src[s][j] for s in range(self.topo.size)]).reshape(-1, ch.spec.dim)
-            summed = np.zeros((len(uniq[c]), ch.spec.dim), np.float32)
+            summed = np.zeros((len(uniq[c]), ch.spec.dim), dtype)
             _index_add(summed, inverse[c], g)
             ch.update(uniq[c], summed, scale)
         for ch in self.channels:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import numpy as np
-import torch
 
 from ..distributed.topology import Topology
 from ..protocol.accounting import ByteCounter
@@ -28,8 +27,8 @@ class StepClient:
         self.ex.headers(hdr)
 
     def pull(self, phase: Phase, step: int, n: int, keys: list[np.ndarray]
-             ) -> tuple[list[torch.Tensor], int]:
-        """Rows for ``keys[c]`` (unique keys of channel c) and the global batch size."""
+             ) -> tuple[list[np.ndarray], int]:
+        """Host rows for ``keys[c]`` (unique keys of channel c) and the global batch size."""
         orders, counts = [], np.zeros((self.S, len(self.channels)), np.int64)
         for c, (spec, k) in enumerate(zip(self.channels, keys)):
             owner = spec.route(k, self.S)
@@ -71,20 +70,21 @@ class StepClient:
                     np.zeros((0, self.channels[c].dim), dtype)
                 out = np.empty_like(sorted_rows)
                 out[orders[c]] = sorted_rows
-                rows[c] = torch.from_numpy(out)
+                rows[c] = out
         self._pending = (orders, counts, starts)
         return rows, global_n
 
-    def push(self, grads: list[torch.Tensor | None]) -> None:
-        """Gradients of the rows of the last pull (trainable channels), same order."""
+    def push(self, grads: list[np.ndarray | None]) -> None:
+        """Host gradients of the rows of the last pull (trainable channels), same order."""
         orders, counts, starts = self._pending
         trainable = [c for c, spec in enumerate(self.channels) if spec.trainable]
-        parts = [np.zeros(0, np.float32)] * self.topo.size
+        dtype = self.channels[trainable[0]].dtype if trainable else np.dtype(np.float32)
+        parts = [np.zeros(0, dtype)] * self.topo.size
         sorted_grads = {}
         for c in trainable:
             g = grads[c]
-            g = np.zeros((len(orders[c]), self.channels[c].dim), np.float32) if g is None else \
-                g.detach().numpy().astype(np.float32, copy=False)
+            g = np.zeros((len(orders[c]), self.channels[c].dim), dtype) if g is None else \
+                np.asarray(g, dtype)
             sorted_grads[c] = g[orders[c]]
         for s, rank in enumerate(self.topo.server_ranks):
             segs = []
@@ -92,6 +92,6 @@ class StepClient:
                 seg = sorted_grads[c][starts[s, c]:starts[s + 1, c]]
                 self.counter.add(self.channels[c].grad_category, seg.nbytes)
                 segs.append(seg.reshape(-1))
-            parts[rank] = np.concatenate(segs) if segs else np.zeros(0, np.float32)
-        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), np.float32)
+            parts[rank] = np.concatenate(segs) if segs else np.zeros(0, dtype)
+        self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), dtype)
         self._pending = None

@@ -45,10 +45,10 @@ def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
     d = ckpt.latest_complete(run_dir)
     if d is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
-    dense = torch.load(d / "dense.pt", weights_only=False)
+    dense = ckpt.load_torch(d / "dense.pt")
     image = None
     if cfg.uses_images:
-        image = (torch.load(d / "image.pt", weights_only=False)["model"] if cfg.strategy == "ams"
+        image = (ckpt.load_torch(d / "image.pt")["model"] if cfg.strategy == "ams"
                  else dense["image_model"])
     return cfg, d, dense, image
 

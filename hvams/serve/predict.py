@@ -94,4 +94,6 @@ def predict(model_dir: str | Path, day_dir: str | Path, out: str | Path, batch_s
     pq.write_table(pa.table({"user_id": data["user"], "ad_id": data["ad"], "label": data["label"],
                              "score": data["score"]}), out)
     metrics = evaluate(data["label"], data["score"], data["user"], data.get("new"), data.get("p_true"))
-    return {"metrics": metrics, "counts": dict(lookup.counts), "rows": int(len(data["score"]))}
+    step = int(manifest["checkpoint"].rsplit("-", 1)[-1]) if "checkpoint" in manifest else 0
+    return {"metrics": metrics, "counts": dict(lookup.counts), "rows": int(len(data["score"])),
+            "model": manifest.get("model", "export"), "step": step}

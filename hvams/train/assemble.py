@@ -17,46 +17,58 @@ from ..imaging.source import ImageSource
 from ..models.image import build_image_model
 from ..roles.channels import EmbeddingChannel, id_channel, image_channel
 from ..roles.image_channels import AmsImageChannel, PixelChannel
+from ..runtime import Runtime, wire_dtype
 from ..store.lmdb_store import ImageStore, read_manifest
 from . import checkpoint as ckpt
 
 
 def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
     """The channels of this run, in the fixed order servers and workers share."""
-    specs = [id_channel(t, cfg.emb_dim) for t in schema.tables]
+    dtype = wire_dtype(cfg.precision)
+    specs = [id_channel(t, cfg.emb_dim, dtype) for t in schema.tables]
     if cfg.uses_images and cfg.strategy != "store-in-worker":
         P = read_manifest(cfg.images_dir)["partitions"]
         if cfg.strategy == "ams":
-            specs.append(image_channel(P, cfg.emb_dim))
+            specs.append(image_channel(P, cfg.emb_dim, dtype))
         else:  # store-in-server: pixels or frozen-backbone features, plus validity
-            width, dtype = payload_spec(cfg.backbone, cfg.freeze_backbone, cfg.image_size)
-            specs.append(image_channel(P, width, dtype, trainable=False))
+            width, payload = payload_spec(cfg.backbone, cfg.freeze_backbone, cfg.image_size, dtype)
+            specs.append(image_channel(P, width, payload, trainable=False))
     return specs
 
 
-def _image_source(cfg: TrainConfig, server: int | None, num_servers: int) -> ImageSource:
+def image_embedder(cfg: TrainConfig, rt: Runtime) -> PixelEmbedder:
+    """The shared image model on ``rt``'s device, with its feature cache."""
+    budget = rt.cache_bytes(cfg.cache_bytes)
+    return PixelEmbedder(build_image_model(cfg), cfg.feature_cache, rt,
+                         None if budget is None else budget // 2)
+
+
+def image_source(cfg: TrainConfig, rt: Runtime, server: int | None = None,
+                 num_servers: int = 1) -> ImageSource:
+    """Pixels from the store (all of it, or server ``server``'s partitions) onto ``rt``."""
     store = ImageStore(cfg.images_dir, server=server, num_servers=num_servers)
-    return ImageSource(store, cfg.image_size, cfg.pixel_cache, cfg.max_pixels)
+    budget = rt.cache_bytes(cfg.cache_bytes)
+    return ImageSource(store, cfg.image_size, cfg.pixel_cache, cfg.max_pixels, rt.device,
+                       None if budget is None else budget // 2)
 
 
-def server_channels(cfg, schema, topo, specs, resume_dir, counter):
+def server_channels(cfg, schema, topo, specs, resume_dir, counter, rt: Runtime):
     shards, channels = {}, []
     for spec in specs:
         if spec.name == "image":
-            source = _image_source(cfg, topo.role_rank, topo.num_servers)
+            source = image_source(cfg, rt, topo.role_rank, topo.num_servers)
             if cfg.strategy == "ams":
-                embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
-                ch = AmsImageChannel(spec, source, embedder, topo, counter, cfg.image_lr)
+                ch = AmsImageChannel(spec, source, image_embedder(cfg, rt), topo, counter,
+                                     cfg.image_lr)
                 if resume_dir is not None and (resume_dir / "image.pt").exists():
-                    ch.load(torch.load(resume_dir / "image.pt", weights_only=False))
+                    ch.load(ckpt.load_torch(resume_dir / "image.pt", rt.device))
             else:
-                embedder = (PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
-                            if cfg.freeze_backbone else None)
+                embedder = image_embedder(cfg, rt) if cfg.freeze_backbone else None
                 ch = PixelChannel(spec, source, embedder)
             channels.append(ch)
             continue
         shard = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer, cfg.sparse_lr,
-                               cfg.seed, cfg.init_scale)
+                               cfg.seed, cfg.init_scale, dtype=spec.dtype)
         if resume_dir is not None:
             me, S = topo.role_rank, topo.num_servers
             keys, rows, slots, step = ckpt.load_owned_rows(
@@ -69,9 +81,8 @@ def server_channels(cfg, schema, topo, specs, resume_dir, counter):
     return shards, channels
 
 
-def local_images(cfg: TrainConfig) -> LocalImages | None:
+def local_images(cfg: TrainConfig, rt: Runtime) -> LocalImages | None:
     if not cfg.uses_images or cfg.strategy == "ams":
         return None
-    embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache)
-    source = _image_source(cfg, None, 1) if cfg.strategy == "store-in-worker" else None
-    return LocalImages(embedder, cfg.image_size, source)
+    source = image_source(cfg, rt) if cfg.strategy == "store-in-worker" else None
+    return LocalImages(image_embedder(cfg, rt), cfg.image_size, source)

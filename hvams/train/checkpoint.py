@@ -49,13 +49,50 @@ def save_shards(directory: Path, server: int, shards: dict, fault=None) -> dict[
     return {path.name: sha256(path)}
 
 
+def _to_cpu(obj):
+    """Tensors moved to the host, so a checkpoint written on a GPU loads anywhere."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().cpu()
+    if isinstance(obj, dict):
+        return {k: _to_cpu(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_to_cpu(v) for v in obj)
+    return obj
+
+
+class UnsafeStateError(ValueError):
+    """A state file holding objects other than tensors and plain data."""
+
+    user_error = True  # bad input: reported without a traceback
+
+
+def load_torch(path: str | Path, map_location=None):
+    """``torch.load`` with ``weights_only=True``: tensors, numbers, strings, lists and dicts
+    only. A pickle that would build any other object (and so could run code) is refused
+    before anything in it runs."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, weights_only=True, map_location=map_location)
+    except pickle.UnpicklingError as exc:
+        why = str(exc).strip().splitlines()
+        detail = next((ln for ln in why if "GLOBAL" in ln or "Unsupported" in ln), why[0] if why else "")
+        raise UnsafeStateError(f"{path}: refused to load: it holds objects other than tensors and "
+                               f"plain data, which could run code when unpickled ({detail.strip()[:200]})"
+                               ) from None
+
+
 def save_torch(directory: Path, name: str, obj) -> dict[str, str]:
     """torch.save atomically; return {file: sha256}."""
     import torch
 
     directory.mkdir(parents=True, exist_ok=True)
     tmp = directory / f".{name}.tmp"
-    torch.save(obj, tmp)
+    torch.save(_to_cpu(obj), tmp)
     os.replace(tmp, directory / name)
     return {name: sha256(directory / name)}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
@@ -19,6 +20,7 @@ from ..distributed.reports import write_report
 from ..distributed.topology import build_topology, finish
 from ..protocol import timing
 from ..protocol.accounting import ByteCounter
+from ..runtime import role_runtime
 from . import checkpoint as ckpt
 from .assemble import channel_specs
 from .plan import resolve_days
@@ -36,10 +38,13 @@ def run_training(cfg: TrainConfig) -> dict | None:
     watchdog = Watchdog(topo.describe, cfg.step_timeout)
     schema = Schema.load(cfg.data)
     train_days, test_day = resolve_days(cfg)
+    # the resolved split is saved, so config.yaml says which days trained and tested
+    cfg = replace(cfg, train_days=[d.name for d in train_days], test_day=test_day.name)
     run_dir = Path(cfg.out)
     if topo.rank == 0:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
+        print(f"hvams: train days {cfg.train_days}, test day {cfg.test_day}", flush=True)
         roles = {"servers": topo.server_ranks, "workers": topo.worker_ranks}
         (run_dir / "topology.json").write_text(json.dumps(roles))
         print(f"hvams: {topo.size} ranks: servers {topo.server_ranks}, workers {topo.worker_ranks}",
@@ -50,6 +55,13 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
     elif resume_dir is not None and topo.rank == 0:
         print(f"hvams: --resume: latest complete checkpoint is {resume_dir.name}", flush=True)
+    rt = role_runtime(cfg, topo.role, topo.local_rank)
+    if rt.is_cuda:
+        torch.cuda.set_device(rt.device)
+        if cfg.sync_stages:
+            timing.set_sync(torch.cuda.synchronize)
+    if topo.role_rank == 0:
+        print(f"hvams: {topo.role}s on {rt.describe()}", flush=True)
     specs = channel_specs(cfg, schema)
     counter = ByteCounter()
     counter.watchdog = watchdog
@@ -57,13 +69,15 @@ def run_training(cfg: TrainConfig) -> dict | None:
     t0 = time.perf_counter()
     tb = TensorBoardLog(topo, cfg.tensorboard, cfg.log_every, counter)
     if topo.is_server:
-        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb)
+        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb,
+                            rt)
     else:
         result = run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days,
-                            test_day, tb)
+                            test_day, tb, rt)
     tb.close()
     elapsed = time.perf_counter() - t0
-    result.update({"role": topo.role, "role_rank": topo.role_rank, "bytes": counter.snapshot(),
+    result.update({"role": topo.role, "role_rank": topo.role_rank, "device": rt.describe(),
+                   "bytes": counter.snapshot(),
                    "elapsed_s": elapsed, "stage_s": timing.snapshot()})
     gathered = topo.world.gather(result, root=0)
     summary = None

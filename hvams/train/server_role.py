@@ -17,8 +17,8 @@ def _total_rows(days) -> int:
     return sum(sum(c.hi - c.lo for c in worker_chunks(day_files(d), 0, 1)) for d in days)
 
 
-def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb):
-    shards, channels = server_channels(cfg, schema, topo, specs, resume_dir, counter)
+def run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb, rt):
+    shards, channels = server_channels(cfg, schema, topo, specs, resume_dir, counter, rt)
     image = next((ch for ch in channels if isinstance(ch, (AmsImageChannel, PixelChannel))), None)
     warm = {}
     if cfg.warm_start and resume_dir is None and isinstance(image, AmsImageChannel):

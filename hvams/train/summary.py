@@ -12,7 +12,7 @@ def state_digest(state: dict) -> str:
     h = hashlib.sha256()
     for name in sorted(state):
         h.update(name.encode())
-        h.update(state[name].detach().contiguous().numpy().tobytes())
+        h.update(state[name].detach().cpu().contiguous().numpy().tobytes())
     return h.hexdigest()
 
 

@@ -31,7 +31,7 @@ def warm_start_source(run_dir: str) -> Path:
 
 
 def warm_worker(source: Path, model, local_images) -> dict:
-    dense = torch.load(source / "dense.pt", weights_only=False)
+    dense = ckpt.load_torch(source / "dense.pt")
     loaded, fresh = _load_matching(model, dense["model"])
     out = {"worker_model": {"loaded": loaded, "not_loaded": fresh}}
     if local_images is not None:
@@ -44,13 +44,13 @@ def warm_worker(source: Path, model, local_images) -> dict:
 
 def _ams_image(source: Path):
     path = source / "image.pt"
-    return torch.load(path, weights_only=False)["model"] if path.exists() else None
+    return ckpt.load_torch(path)["model"] if path.exists() else None
 
 
 def warm_server(source: Path, image_channel) -> dict:
     state = _ams_image(source)
     if state is None:
-        dense = torch.load(source / "dense.pt", weights_only=False)
+        dense = ckpt.load_torch(source / "dense.pt")
         state = dense.get("image_model")
     if state is None:
         return {}

@@ -17,7 +17,8 @@ import torch.nn.functional as F
 
 from ..config import TrainConfig
 from ..data.batch import Batch
-from ..data.reader import DayReader
+from ..config import ConfigError
+from ..data.reader import DayReader, day_files, day_rows, split_ranges
 from ..data.schema import Schema
 from ..distributed.failfast import maybe_inject_fault
 from ..metrics import evaluate
@@ -25,17 +26,55 @@ from ..models.inputs import build_inputs, labels_of
 from ..protocol.messages import Phase
 from ..protocol.timing import stage
 from ..roles.worker_client import StepClient
+from ..runtime import Runtime
 from .plan import lr_scale
 
 
 @dataclass
 class Position:
-    """Where training stands: resumable from a checkpoint."""
+    """Where training stands: resumable from a checkpoint.
+
+    ``steps_in_day`` batches of ``batch_size`` rows were taken by each of
+    ``workers`` workers from their share of the day's rows: all rows, or
+    ``day_ranges`` after a resume on another worker count (``resplit``).
+    """
 
     step: int = 0
     epoch: int = 0
     day: int = 0
     steps_in_day: int = 0
+    workers: int = 0                       # 0: written before hvams recorded it
+    batch_size: int = 0
+    day_ranges: list | None = None         # [[lo, hi), ...] global rows of the day
+
+
+def resplit(pos: Position, cfg: TrainConfig, num_workers: int, day_dir) -> Position:
+    """``pos`` for ``num_workers`` workers of ``cfg.batch_size``: mid-day, the rows the
+    old workers had not taken yet, split exactly among the new ones (no row twice,
+    none skipped). With ``on_bad_row: skip`` the rows a worker took are not known
+    from its step count, so a mid-day change is an error naming both counts."""
+    same = pos.workers in (0, num_workers) and pos.batch_size in (0, cfg.batch_size)
+    if pos.steps_in_day == 0 or same:
+        return Position(pos.step, pos.epoch, pos.day, pos.steps_in_day, num_workers,
+                        cfg.batch_size, None if pos.steps_in_day == 0 else pos.day_ranges)
+    if cfg.on_bad_row == "skip":
+        raise ConfigError(
+            f"--resume: the checkpoint stopped mid-day with {pos.workers} workers x batch "
+            f"{pos.batch_size}, and this run has {num_workers} workers x batch {cfg.batch_size}; "
+            f"with on_bad_row=skip the rows each worker took are unknown, so the rest of the day "
+            f"cannot be split exactly: resume with {pos.workers} workers and batch "
+            f"{pos.batch_size}, or use on_bad_row=error")
+    base = pos.day_ranges or [(0, day_rows(day_files(day_dir)))]
+    taken = pos.steps_in_day * pos.batch_size
+    left = []
+    for w in range(pos.workers):
+        share, skip = split_ranges(base, w, pos.workers), taken
+        for a, b in share:
+            cut = min(b - a, skip)
+            skip -= cut
+            if a + cut < b:
+                left.append([a + cut, b])
+    return Position(pos.step, pos.epoch, pos.day, 0, num_workers, cfg.batch_size, left)
 
 
 def batch_keys(batch: Batch | None, channel_names: list[str]) -> list[np.ndarray]:
@@ -50,8 +89,10 @@ class WorkerTrainer:
     """Model, optimizer and step logic of one worker."""
 
     def __init__(self, cfg: TrainConfig, schema: Schema, model: torch.nn.Module,
-                 client: StepClient, topo, local_images=None):
-        self.cfg, self.schema, self.model, self.client, self.topo = cfg, schema, model, client, topo
+                 client: StepClient, topo, local_images=None, runtime: Runtime | None = None):
+        self.cfg, self.schema, self.client, self.topo = cfg, schema, client, topo
+        self.rt = runtime or Runtime.cpu()
+        self.model = model = self.rt.module(model)
         self.names = [c.name for c in client.channels]
         self.with_images = cfg.uses_images
         self.local_images = local_images
@@ -84,9 +125,11 @@ class WorkerTrainer:
         maybe_inject_fault(self.topo.rank, pos.step)
         t0 = time.perf_counter()
         with stage("pull"):  # communication plus waiting for the servers' answers
-            rows, global_n = self.client.pull(Phase.TRAIN, pos.step, n, batch_keys(batch, self.names))
+            host_rows, global_n = self.client.pull(Phase.TRAIN, pos.step, n,
+                                                   batch_keys(batch, self.names))
         if global_n == 0:
             return False
+        rows = [self.rt.upload(r) for r in host_rows]
         for c, spec in enumerate(self.client.channels):
             if spec.trainable:
                 rows[c].requires_grad_(True)
@@ -95,14 +138,19 @@ class WorkerTrainer:
         self.opt.zero_grad()
         with stage("compute"):  # forward + backward (and a local image model's decode)
             if batch is not None and batch.n:
-                logits = self.model(self._inputs(batch, rows))
-                loss_sum = F.cross_entropy(logits, labels_of(batch, self.schema), reduction="sum")
+                with self.rt.compute():
+                    logits = self.model(self._inputs(batch, rows))
+                loss_sum = F.cross_entropy(logits.to(self.rt.dtype),
+                                           labels_of(batch, self.schema, self.rt.index),
+                                           reduction="sum")
             else:
                 # No samples here this step: zero gradients still join the allreduce.
                 loss_sum = sum(p.sum() for p in self.params) * 0.0
             (loss_sum / global_n).backward()
         with stage("push"):
-            self.client.push([r.grad if r.requires_grad else None for r in rows])
+            self.client.push([self.rt.download(r.grad, spec.dtype)
+                              if r.requires_grad and r.grad is not None else None
+                              for r, spec in zip(rows, self.client.channels)])
         if self.topo.num_workers > 1:
             self.client.counter.add("allreduce_workers", sum(
                 p.grad.numel() * p.grad.element_size() for p in self.params))
@@ -122,7 +170,7 @@ class WorkerTrainer:
         row_map = dict(zip(self.names, rows))
         if self.local_images is not None:
             row_map["image"] = self.local_images.embed(batch.image_keys, row_map.get("image"))
-        return build_inputs(batch, row_map, self.schema, self.with_images)
+        return build_inputs(batch, row_map, self.schema, self.with_images, self.rt.index)
 
     @torch.no_grad()
     def evaluate_day(self, day, step: int) -> dict | None:
@@ -141,7 +189,9 @@ class WorkerTrainer:
                 break
             if batch is None or not n:
                 continue
-            prob = torch.softmax(self.model(self._inputs(batch, rows)), dim=1)[:, 1].numpy()
+            with self.rt.compute():
+                logits = self.model(self._inputs(batch, [self.rt.upload(r) for r in rows]))
+            prob = self.rt.download(torch.softmax(logits.float(), dim=1)[:, 1])
             cols["label"].append(batch.values[s.label])
             cols["prob"].append(prob)
             cols["user"].append(batch.values[s.user])

@@ -16,28 +16,35 @@ from . import warm_start
 from .assemble import local_images
 from .report import format_metrics_table
 from .summary import state_digest
-from .worker import Position, WorkerTrainer, epoch_batches
+from .worker import Position, WorkerTrainer, epoch_batches, resplit
 
 
-def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day, tb):
-    model = build_model(cfg, schema)
+def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, test_day, tb,
+               rt):
+    model = rt.module(build_model(cfg, schema))
     client = StepClient(topo, specs, counter)
-    local = local_images(cfg)
+    local = local_images(cfg, rt)
     warm = {}
     if cfg.warm_start and resume_dir is None:
         warm = warm_start.warm_worker(warm_start.warm_start_source(cfg.warm_start), model, local)
     warm_start.gather_report(topo, cfg, run_dir, resume_dir, warm if topo.role_rank == 0 else {})
-    trainer = WorkerTrainer(cfg, schema, model, client, topo, local)
-    pos = Position()
+    trainer = WorkerTrainer(cfg, schema, model, client, topo, local, rt)
+    pos = Position(workers=topo.num_workers, batch_size=cfg.batch_size)
     if resume_dir is not None:
-        state = torch.load(resume_dir / "dense.pt", weights_only=False)
+        state = ckpt.load_torch(resume_dir / "dense.pt", rt.device)
         model.load_state_dict(state["model"])
         if local is not None:
             local.model.load_state_dict(state["image_model"])
         trainer.opt.load_state_dict(state["optimizer"])
-        pos = Position(**state["position"])
+        saved = Position(**state["position"])
+        pos = resplit(saved, cfg, topo.num_workers, train_days[min(saved.day, len(train_days) - 1)])
         if topo.role_rank == 0:
             print(f"hvams: resuming from {resume_dir} at step {pos.step}", flush=True)
+            if pos.day_ranges is not None and saved.day_ranges != pos.day_ranges:
+                left = sum(b - a for a, b in pos.day_ranges)
+                print(f"hvams: --resume: {saved.workers} -> {topo.num_workers} workers mid-day: "
+                      f"the day's {left} untrained rows are split among the {topo.num_workers}",
+                      flush=True)
     metrics_path = run_dir / "metrics.jsonl"
 
     def checkpoint():
@@ -69,15 +76,18 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     last_ckpt = (pos.step, resume_dir) if resume_dir is not None else None
     stopped = False
     start_epoch, start_day, start_skip = pos.epoch, pos.day, pos.steps_in_day
+    start_ranges = pos.day_ranges
     readers = []
     for epoch in range(start_epoch, cfg.epochs):
         first_day = start_day if epoch == start_epoch else 0
         for d in range(first_day, len(train_days)):
-            skip = start_skip if (epoch == start_epoch and d == start_day) else 0
-            reader = trainer_reader(cfg, schema, topo, train_days[d])
+            first = epoch == start_epoch and d == start_day
+            skip = start_skip if first else 0
+            ranges = start_ranges if first else None
+            reader = trainer_reader(cfg, schema, topo, train_days[d], ranges)
             readers.append(reader)
             it = epoch_batches(reader, skip)
-            pos.epoch, pos.day, pos.steps_in_day = epoch, d, skip
+            pos.epoch, pos.day, pos.steps_in_day, pos.day_ranges = epoch, d, skip, ranges
             while True:
                 if cfg.max_steps is not None and pos.step >= cfg.max_steps:
                     stopped = True
@@ -96,7 +106,7 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
                 break
         if stopped:
             break
-        pos.epoch, pos.day, pos.steps_in_day = epoch + 1, 0, 0
+        pos.epoch, pos.day, pos.steps_in_day, pos.day_ranges = epoch + 1, 0, 0, None
         run_eval(epoch)
     if stopped:
         run_eval(pos.epoch)
@@ -114,6 +124,6 @@ def run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_day
     return out
 
 
-def trainer_reader(cfg, schema, topo, day):
+def trainer_reader(cfg, schema, topo, day, ranges=None):
     return DayReader(day, schema, cfg.batch_size, topo.role_rank, topo.num_workers, cfg.prefetch,
-                     cfg.on_bad_row)
+                     cfg.on_bad_row, ranges=ranges)

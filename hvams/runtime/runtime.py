@@ -1,0 +1,106 @@
+"""``Runtime``: a role's device and precision, and its host<->device copies.
+
+Keys, rows and gradients travel over MPI as host numpy buffers. On CUDA a row
+block goes host -> device through pinned memory (``non_blocking``), and
+gradients come back through a pinned buffer; PyTorch's caching host allocator
+keeps the pinned blocks, so a step allocates none. On the CPU both are no-ops.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..protocol.timing import stage
+from .device import resolve_device
+from .precision import Precision, resolve_precision
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    precision: Precision
+
+    @classmethod
+    def cpu(cls, precision: str = "fp32") -> "Runtime":
+        dev = torch.device("cpu")
+        return cls(dev, resolve_precision(precision, dev))
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.precision.dtype
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def compute(self):
+        """Forward-pass context (bf16 autocast where the precision asks for it)."""
+        return self.precision.compute(self.device)
+
+    def module(self, m: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
+        """``m`` on this device in this precision (convolutional nets channels_last on CUDA)."""
+        m = m.to(device=self.device, dtype=self.dtype)
+        if channels_last and self.is_cuda:
+            m = m.to(memory_format=torch.channels_last)
+        return m
+
+    def upload(self, x) -> torch.Tensor:
+        """A host array or tensor on this device (same dtype), via pinned memory on CUDA."""
+        t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+        if not self.is_cuda or t.device == self.device:
+            return t
+        with stage("h2d"):
+            return t.pin_memory().to(self.device, non_blocking=True)
+
+    def index(self, idx: np.ndarray) -> torch.Tensor:
+        """An int64 index array as a tensor on this device."""
+        return self.upload(np.asarray(idx, np.int64))
+
+    def download(self, t: torch.Tensor, dtype: np.dtype | None = None) -> np.ndarray:
+        """A tensor as a host numpy array (``dtype``: cast on the device first)."""
+        t = t.detach()
+        if dtype is not None and t.dtype != _torch_dtype(dtype):
+            t = t.to(_torch_dtype(dtype))
+        if t.device.type != "cuda":
+            return t.numpy()
+        with stage("d2h"):
+            host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+            host.copy_(t, non_blocking=True)
+            torch.cuda.current_stream(t.device).synchronize()
+        return host.numpy()
+
+    def zeros(self, *shape, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
+
+    def cache_bytes(self, requested: int | None) -> int | None:
+        """Bytes the image caches of a rank may hold: ``requested``, else 40% of the
+        GPU memory free now on CUDA (activations need the rest), else no byte bound."""
+        if requested is not None or not self.is_cuda:
+            return requested
+        free, _ = torch.cuda.mem_get_info(self.device)
+        return int(0.4 * free)
+
+    def describe(self) -> str:
+        from .device import describe
+
+        return f"{describe(self.device)}, {self.precision.name}"
+
+
+def _torch_dtype(dtype) -> torch.dtype:
+    return torch.from_numpy(np.zeros(0, dtype)).dtype
+
+
+def role_runtime(cfg, role: str, rank_on_node: int = 0) -> Runtime:
+    """The runtime of a ``server`` or ``worker`` rank under ``cfg``."""
+    key = f"{role}_device"
+    requested = getattr(cfg, key) or cfg.device
+    device = resolve_device(requested, rank_on_node, key if getattr(cfg, key) else "device")
+    return Runtime(device, resolve_precision(cfg.precision, device))
+
+
+def check_devices(cfg) -> dict[str, Runtime]:
+    """The runtime each role would get on this machine; DeviceError (exit 2) when a
+    device asked for is not there."""
+    return {role: role_runtime(cfg, role) for role in ("server", "worker")}
