@@ -76,11 +76,11 @@ def train(config_path, local_np, **flags):
     """
     from hvams.config import ConfigError, load_config
 
-    from hvams.runtime.runtime import check_devices
+    from hvams.train.preflight import preflight
 
     try:
         cfg = load_config(config_path, flags)
-        check_devices(cfg)
+        preflight(cfg)
     except ConfigError as exc:
         if _rank() == 0:
             click.echo(f"hvams: error: {exc}", err=True)

@@ -76,3 +76,19 @@ def test_warm_start_loads_all_but_id_embeddings(trained, tiny_world, tmp_path):
     assert "missing" in report["image_model"]["loaded"] and "head.0.weight" in report["image_model"]["loaded"]
     assert report["id_embeddings"].startswith("not loaded")
     assert "warm start from" in res.output
+
+
+def test_predict_prints_no_warning_and_labels_the_model(trained, tiny_world, tmp_path):
+    import subprocess
+    import sys
+
+    run, _ = trained
+    export_run(run, tmp_path / "model", workers=1)
+    res = subprocess.run([sys.executable, "-W", "always", "-m", "cli", "predict",
+                          str(tmp_path / "model"), "--data", str(tiny_world / "day=02"),
+                          "--out", str(tmp_path / "s.parquet")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "Warning" not in res.stderr, res.stderr
+    row = next(ln for ln in res.stdout.splitlines() if ln.startswith("dicm"))
+    assert int(row.split()[1]) > 0          # the checkpoint's step, not 0

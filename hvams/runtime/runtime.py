@@ -21,6 +21,7 @@ from .precision import Precision, resolve_precision
 class Runtime:
     device: torch.device
     precision: Precision
+    sharing: int = 1        # ranks of this node on the same GPU (they split its memory)
 
     @classmethod
     def cpu(cls, precision: str = "fp32") -> "Runtime":
@@ -75,12 +76,13 @@ class Runtime:
         return torch.zeros(shape, dtype=dtype or self.dtype, device=self.device)
 
     def cache_bytes(self, requested: int | None) -> int | None:
-        """Bytes the image caches of a rank may hold: ``requested``, else 40% of the
-        GPU memory free now on CUDA (activations need the rest), else no byte bound."""
+        """Bytes the image caches of a rank may hold: ``requested``, else on CUDA 40% of the
+        GPU memory free now (activations need the rest), split among the ranks sharing the
+        GPU; on the CPU no byte bound."""
         if requested is not None or not self.is_cuda:
             return requested
         free, _ = torch.cuda.mem_get_info(self.device)
-        return int(0.4 * free)
+        return int(0.4 * free / self.sharing)
 
     def describe(self) -> str:
         from .device import describe
@@ -92,12 +94,15 @@ def _torch_dtype(dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
-def role_runtime(cfg, role: str, rank_on_node: int = 0) -> Runtime:
+def role_runtime(cfg, role: str, rank_on_node: int = 0, ranks_on_node: int = 1) -> Runtime:
     """The runtime of a ``server`` or ``worker`` rank under ``cfg``."""
     key = f"{role}_device"
     requested = getattr(cfg, key) or cfg.device
     device = resolve_device(requested, rank_on_node, key if getattr(cfg, key) else "device")
-    return Runtime(device, resolve_precision(cfg.precision, device))
+    sharing = 1
+    if device.type == "cuda":
+        sharing = -(-ranks_on_node // torch.cuda.device_count())
+    return Runtime(device, resolve_precision(cfg.precision, device), sharing)
 
 
 def check_devices(cfg) -> dict[str, Runtime]:

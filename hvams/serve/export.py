@@ -6,7 +6,7 @@ process per group of partitions). The export holds
 
     manifest.json            what is here, sha256 of every file, the source checkpoint
     schema.json              the sample schema
-    model.pt                 the worker model as TorchScript (flat tensor signature)
+    model_state.pt           the worker model's tensors (rebuilt from manifest["model_config"])
     tables/<table>.npz       ID embedding tables (sorted keys, rows)
     image_embeddings.npz     image key -> 12-d embedding, plus the missing-image row
 """
@@ -17,26 +17,18 @@ import shutil
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-import warnings
-
 import numpy as np
 import torch
 
-# torch 2.14 deprecates torch.jit in favour of torch.export; the export format
-# asked for is TorchScript, which still loads everywhere torch runs.
-warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.jit")
-
 from ..config import TrainConfig, load_config
-from ..data.reader import DayReader
 from ..data.schema import Schema
 from ..imaging.embed import PixelEmbedder
 from ..imaging.source import ImageSource
 from ..models import build_model
 from ..models.image import build_image_model
-from ..models.inputs import build_inputs, model_fields
+from ..models.inputs import model_fields
 from ..store.lmdb_store import ImageStore, read_manifest
 from ..train import checkpoint as ckpt
-from .scripted import ServingModel, flat_inputs
 
 
 def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
@@ -99,6 +91,11 @@ def export_images(cfg: TrainConfig, state: dict, workers: int = 2, batch: int = 
     return keys[order], embs[order], counts
 
 
+EXPORT_FORMAT = "hvams-export/2"
+# The config keys that decide the worker model's class and shapes (hvams.models.build_model).
+MODEL_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors", "seed")
+
+
 def export_run(run_dir: str | Path, out: str | Path, workers: int = 2) -> dict:
     """Write the serving export of ``run_dir``'s newest complete checkpoint."""
     run_dir, out = Path(run_dir), Path(out)
@@ -116,35 +113,20 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2) -> dict:
         keys, embs, counts = export_images(cfg, image_state, workers)
         missing = image_state["missing"].numpy()
         np.savez(out / "image_embeddings.npz", keys=keys, rows=embs, missing=missing)
-    # The worker model, traced on a batch of the data it was trained on.
+    # The worker model as tensors only (loaded with weights_only): predict rebuilds the
+    # same class from MODEL_KEYS, so no code travels inside the export.
     model = build_model(cfg, schema)
     model.load_state_dict(dense["model"])
-    model.eval()
+    ckpt.save_torch(out, "model_state.pt", model.state_dict())
     fields = model_fields(schema, cfg.uses_images)
     single = [f.name for f in fields if not f.is_list]
     lists = [f.name for f in fields if f.is_list]
-    example = _example_inputs(cfg, schema, out, single, lists)
-    serving = ServingModel(model, single, lists).eval()
-    with torch.no_grad():
-        traced = torch.jit.trace(serving, example, check_trace=False)
-    traced.save(str(out / "model.pt"))
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         files[str(path.relative_to(out))] = ckpt.sha256(path)
-    manifest = {"format": "hvams-export/1", "source_run": str(run_dir), "checkpoint": d.name,
+    manifest = {"format": EXPORT_FORMAT, "source_run": str(run_dir), "checkpoint": d.name,
                 "model": cfg.model, "strategy": cfg.strategy, "emb_dim": cfg.emb_dim,
                 "seed": cfg.seed, "init_scale": cfg.init_scale, "single_fields": single,
                 "list_fields": lists, "uses_images": cfg.uses_images, "image_counts": counts,
-                "files": files}
+                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest
-
-
-def _example_inputs(cfg, schema, out, single, lists):
-    from .predict import Lookup
-
-    lookup = Lookup(out, {"emb_dim": cfg.emb_dim, "seed": cfg.seed, "init_scale": cfg.init_scale,
-                          "uses_images": cfg.uses_images})
-    day = sorted(Path(cfg.data).glob("day=*"))[0]
-    batch = next(iter(DayReader(day, schema, 64, prefetch=0)))
-    inp = build_inputs(batch, lookup.rows(batch), schema, cfg.uses_images)
-    return flat_inputs(inp, single, lists)

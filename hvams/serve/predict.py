@@ -16,7 +16,6 @@ from ..data.schema import Schema
 from ..embedding.init import initial_rows
 from ..metrics import evaluate
 from ..models.inputs import build_inputs
-from .scripted import flat_inputs
 
 
 class Lookup:
@@ -69,20 +68,37 @@ class Lookup:
         return out
 
 
+def load_model(model_dir: Path, manifest: dict, schema: Schema) -> torch.nn.Module:
+    """The exported worker model: its class rebuilt from the manifest, its tensors loaded
+    with weights_only (an export cannot run code)."""
+    from ..config import TrainConfig
+    from ..models import build_model
+    from ..train.checkpoint import load_torch
+    from .export import EXPORT_FORMAT
+
+    if manifest.get("format") != EXPORT_FORMAT:
+        raise ValueError(f"{model_dir}: export format {manifest.get('format')!r} is not "
+                         f"{EXPORT_FORMAT!r} (TorchScript exports are no longer read): "
+                         f"run `hvams export` on the training run again")
+    cfg = TrainConfig(data=str(model_dir), **manifest["model_config"])
+    model = build_model(cfg, schema)
+    model.load_state_dict(load_torch(model_dir / "model_state.pt"))
+    return model.eval()
+
+
 def predict(model_dir: str | Path, day_dir: str | Path, out: str | Path, batch_size: int = 2048
             ) -> dict:
     """Score every sample of ``day_dir``; write scores; return metrics and counts."""
     model_dir = Path(model_dir)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     schema = Schema.load(model_dir)
-    model = torch.jit.load(str(model_dir / "model.pt"))
+    model = load_model(model_dir, manifest, schema)
     lookup = Lookup(model_dir, manifest)
-    single, lists = manifest["single_fields"], manifest["list_fields"]
     cols = {k: [] for k in ("user", "ad", "label", "score", "new", "p_true")}
     with torch.no_grad():
         for batch in DayReader(day_dir, schema, batch_size, prefetch=2):
             inp = build_inputs(batch, lookup.rows(batch), schema, manifest["uses_images"])
-            cols["score"].append(model(*flat_inputs(inp, single, lists)).numpy())
+            cols["score"].append(torch.softmax(model(inp), dim=1)[:, 1].numpy())
             cols["user"].append(batch.values[schema.user])
             cols["ad"].append(batch.values[schema.ad_id])
             cols["label"].append(batch.values[schema.label])

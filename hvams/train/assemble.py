@@ -5,7 +5,6 @@ router); ``channel_specs`` is the one place that decides them.
 """
 from __future__ import annotations
 
-import torch
 
 from ..config import TrainConfig
 from ..data.schema import Schema

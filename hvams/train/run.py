@@ -55,7 +55,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
     elif resume_dir is not None and topo.rank == 0:
         print(f"hvams: --resume: latest complete checkpoint is {resume_dir.name}", flush=True)
-    rt = role_runtime(cfg, topo.role, topo.local_rank)
+    rt = role_runtime(cfg, topo.role, topo.local_rank, topo.local_size)
     if rt.is_cuda:
         torch.cuda.set_device(rt.device)
         if cfg.sync_stages:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import torch
 
 from ..data.reader import DayReader, reader_totals
 from ..models import build_model

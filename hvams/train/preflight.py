@@ -1,0 +1,30 @@
+"""Checks of a run's inputs before any rank starts: one clear line for a user's mistake,
+instead of the same traceback from every rank."""
+from __future__ import annotations
+
+from ..config import ConfigError, TrainConfig
+
+
+def preflight(cfg: TrainConfig) -> None:
+    """Raise ConfigError naming the key when the data, the image store or a device is unusable."""
+    from pathlib import Path
+
+    from ..data.schema import Schema
+    from ..runtime.runtime import check_devices
+    from ..store.lmdb_store import read_manifest
+    from .plan import resolve_days
+
+    if not (Path(cfg.data) / "schema.json").exists():
+        raise ConfigError(f"config key 'data': {cfg.data} has no schema.json (see docs/data.md)")
+    try:
+        Schema.load(cfg.data)
+    except (ValueError, KeyError) as exc:
+        raise ConfigError(f"{Path(cfg.data) / 'schema.json'}: {exc}") from None
+    resolve_days(cfg)
+    if cfg.uses_images:
+        try:
+            read_manifest(cfg.images_dir)
+        except FileNotFoundError as exc:
+            key = "images" if cfg.images else "data"
+            raise ConfigError(f"config key {key!r}: {exc}") from None
+    check_devices(cfg)
