@@ -120,8 +120,21 @@ class EmbeddingShard:
         return out
 
     def load(self, keys: np.ndarray, rows: np.ndarray, slots: dict[str, np.ndarray], step: int) -> None:
-        """Add rows (with their optimizer slots) for keys not yet present."""
-        ids = self.index.insert(np.asarray(keys, np.int64))
+        """Add rows (with their optimizer slots) for keys not yet present.
+
+        An empty shard adopts the arrays as they are (a resume loads each row once,
+        without a second copy)."""
+        keys = np.asarray(keys, np.int64)
+        if len(self) == 0 and rows.dtype == self.dtype and all(
+                slots[n].dtype == self.dtype and slots[n].shape == rows.shape for n in self.slots):
+            self.index = KeyIndex(max(len(keys), 1))
+            self.index.insert(keys)
+            self.rows = rows if len(rows) else self.rows
+            if len(rows):
+                self.slots = {n: slots[n] for n in self.slots}
+            self.step = int(step)
+            return
+        ids = self.index.insert(keys)
         self._ensure_capacity(len(self.index))
         self.rows[ids] = rows
         for name in self.slots:

@@ -4,8 +4,9 @@
 optimizer slots of every table it owns), ``dense.pt`` (worker model and
 optimizer, identical on all workers) and ``manifest.json`` with the sha256 of
 every file and the training position. A directory without a valid manifest
-is incomplete and never loaded. Servers load every shard file and keep the
-keys they own, so a checkpoint loads on any server count.
+is incomplete and never loaded. Servers read every shard file's keys and copy
+only the rows they own, in blocks, so a checkpoint loads on any server count
+and a server never holds another server's rows.
 """
 from __future__ import annotations
 
@@ -126,30 +127,82 @@ def load_manifest(directory: Path) -> dict:
     return json.loads((directory / MANIFEST).read_text())
 
 
-def load_owned_rows(directory: Path, table: str, keep) -> tuple[np.ndarray, np.ndarray, dict, int]:
+class _Member:
+    """One array of an uncompressed .npz, read in row blocks straight from the file."""
+
+    def __init__(self, path: Path, info):
+        import zipfile
+
+        self.path = path
+        with open(path, "rb") as fh:
+            fh.seek(info.header_offset)
+            local = fh.read(30)
+            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
+            fh.seek(info.header_offset + 30 + name_len + extra_len)
+            version = np.lib.format.read_magic(fh)
+            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                    else np.lib.format.read_array_header_2_0)
+            self.shape, fortran, self.dtype = read(fh)
+            self.offset = fh.tell()
+        if info.compress_type != zipfile.ZIP_STORED or fortran or self.dtype.hasobject:
+            raise ValueError(f"{path}: {info.filename} is not a plain stored array")
+        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        with open(self.path, "rb") as fh:
+            fh.seek(self.offset + lo * self.row * self.dtype.itemsize)
+            flat = np.fromfile(fh, self.dtype, (hi - lo) * self.row)
+        return flat.reshape((hi - lo, *self.shape[1:]))
+
+
+def _members(path: Path) -> dict[str, _Member]:
+    import zipfile
+
+    with zipfile.ZipFile(path) as z:
+        return {i.filename[:-4]: _Member(path, i) for i in z.infolist() if i.filename.endswith(".npy")}
+
+
+def load_owned_rows(directory: Path, table: str, keep, block: int = 1 << 16
+                    ) -> tuple[np.ndarray, np.ndarray, dict, int]:
     """Rows of ``table`` from every shard file of the manifest whose key ``keep(keys)`` selects.
 
     Shards are filtered by the *current* owner, so a checkpoint written by S
-    servers loads on any S' (re-sharding).
+    servers loads on any S' (re-sharding). A server holds only what it keeps:
+    it reads every file's keys, sizes its arrays once, and copies its rows and
+    optimizer slots in blocks of ``block`` rows straight from the files.
     """
-    keys, rows, slots, step = [], [], {}, 0
     files = load_manifest(directory)["files"]
+    parts, step = [], 0
     for path in sorted(directory / f for f in files if f.startswith("server-")):
-        with np.load(path) as z:
-            if f"{table}/keys" not in z:
-                continue
-            k = z[f"{table}/keys"]
-            mask = keep(k)
-            keys.append(k[mask])
-            rows.append(z[f"{table}/rows"][mask])
-            for name in z.files:
-                if name.startswith(f"{table}/slot_"):
-                    slots.setdefault(name.split("/slot_", 1)[1], []).append(z[name][mask])
-            step = max(step, int(z[f"{table}/step"][0]))
-    if not keys:
+        members = _members(path)
+        if f"{table}/keys" not in members:
+            continue
+        k = members[f"{table}/keys"].rows(0, members[f"{table}/keys"].shape[0])
+        picked = np.flatnonzero(keep(k))
+        step = max(step, int(members[f"{table}/step"].rows(0, 1)[0]))
+        parts.append((members, k[picked], picked))
+    if not parts:
         return np.zeros(0, np.int64), None, {}, 0
-    return (np.concatenate(keys), np.concatenate(rows),
-            {k: np.concatenate(v) for k, v in slots.items()}, step)
+    names = ["rows"] + sorted(n.split("/", 1)[1] for n in parts[0][0]
+                              if n.startswith(f"{table}/slot_"))
+    n = sum(len(p[1]) for p in parts)
+    first = parts[0][0]
+    out = {name: np.empty((n, *first[f"{table}/{name}"].shape[1:]), first[f"{table}/{name}"].dtype)
+           for name in names}
+    keys = np.concatenate([p[1] for p in parts])
+    at = 0
+    for members, _, picked in parts:
+        for name in names:
+            m = members[f"{table}/{name}"]
+            for lo in range(0, m.shape[0], block):
+                sel = picked[(picked >= lo) & (picked < lo + block)]
+                if len(sel):
+                    chunk = m.rows(lo, min(lo + block, m.shape[0]))
+                    done = np.searchsorted(picked, lo)
+                    out[name][at + done:at + done + len(sel)] = chunk[sel - lo]
+        at += len(picked)
+    slots = {name[len("slot_"):]: out[name] for name in names[1:]}
+    return keys, out["rows"], slots, step
 
 
 def collect_manifest(topo, directory: Path, files: dict, meta: dict | None) -> None:
