@@ -24,6 +24,9 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
       --variant trainable --local 6 --servers 2 --batch-size 512 --rounds 3 --steps 30 \
       --out "$OUT/speed-$bb" > "$OUT/speed-$bb.log" 2>&1 || tail -20 "$OUT/speed-$bb.log"
   done
+  python3 -m cli bench speed --data /tmp/demo --device cuda --backbone vgg16 --image-size 224 \
+    --variant frozen --local 6 --servers 2 --batch-size 256 --rounds 3 --steps 20 \
+    --out "$OUT/speed-vgg16" > "$OUT/speed-vgg16.log" 2>&1 || tail -20 "$OUT/speed-vgg16.log"
   python3 -m cli bench comm --data /tmp/paper --preset paper --device cuda --image-size 224 \
     --out "$OUT/comm-paper" > "$OUT/comm-paper.log" 2>&1 || tail -20 "$OUT/comm-paper.log"
 fi
