@@ -69,6 +69,21 @@ def _finish(out: Path, name: str, text: str) -> None:
     click.echo(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
+def _seeds(seeds: str) -> list[int]:
+    try:
+        return [int(s) for s in seeds.split(",") if s.strip()]
+    except ValueError:
+        click.echo(f"hvams: error: --seeds must be comma-separated integers (got {seeds!r})", err=True)
+        raise SystemExit(EXIT_USAGE)
+
+
+def _known(given: list[str], known: list[str], what: str) -> None:
+    bad = [g for g in given if g not in known]
+    if bad:
+        click.echo(f"hvams: error: unknown {what}(s) {bad}; choose from {known}", err=True)
+        raise SystemExit(EXIT_USAGE)
+
+
 def _guard(fn):
     @functools.wraps(fn)
     def run(*args, **kwargs):
@@ -186,15 +201,8 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
     from hvams.bench.quality import MODELS, format_quality, run_quality
 
     names = [m.strip() for m in models.split(",") if m.strip()]
-    bad = [m for m in names if m not in MODELS]
-    if bad:
-        click.echo(f"hvams: error: unknown model(s) {bad}; choose from {list(MODELS)}", err=True)
-        raise SystemExit(EXIT_USAGE)
-    try:
-        seed_list = [int(s) for s in seeds.split(",") if s.strip()]
-    except ValueError:
-        click.echo(f"hvams: error: --seeds must be comma-separated integers (got {seeds!r})", err=True)
-        raise SystemExit(EXIT_USAGE)
+    _known(names, list(MODELS), "model")
+    seed_list = _seeds(seeds)
     cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=True,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
     out = Path(out or "runs/bench/quality")
@@ -206,3 +214,57 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
 
         auc_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
         click.echo(f"wrote {chart}")
+
+
+@bench.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False), help="Data directory.")
+@click.option("--out", type=click.Path(file_okay=False), help="Bench directory (runs, JSON, table).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML train config the runs start from (the idonly model's settings).")
+@click.option("--batch-size", type=int, default=256, show_default=True,
+              help="Samples per stream: the global batch is 4 of them.")
+@click.option("--train-days", help="Comma-separated day directories to train on (default: world.json's).")
+@click.option("--seeds", default="0,1,2", show_default=True,
+              help="Comma-separated seeds: one interleaved round of every contender each.")
+@click.option("--warmup", type=click.IntRange(min=0), default=5, show_default=True,
+              help="Steps left out of the rate.")
+@click.option("--max-steps", type=click.IntRange(min=1), help="Stop every run after this many steps.")
+@click.option("--only", multiple=True, help="Run only these contenders (names as in the table).")
+@click.option("--profile", metavar="FIRST:LAST",
+              help="torch.profiler flat profile of TorchRec rank 0 over these steps (last round).")
+@click.option("--timeout", type=float, default=1800, show_default=True,
+              help="Seconds one run may take before the bench fails.")
+@_guard
+def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_steps, only, profile,
+         timeout):
+    """hvams idonly against the same model on TorchRec: samples/s, AUC, memory.
+
+    \b
+    Example:
+      hvams bench peer --data data/demo --out runs/bench/peer-demo
+      hvams bench peer --data data/bench --train-days day=00 --out runs/bench/peer-bench
+    """
+    from hvams.bench.peer import CONTENDERS, format_peer, run_peer
+    from hvams.config import load_config
+
+    try:
+        import torchrec  # noqa: F401
+    except ImportError as exc:
+        click.echo(f"hvams: error: the TorchRec peer needs torchrec and fbgemm-gpu-cpu "
+                   f"(requirements-peer.txt; `make setup` installs them): {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    names = {c.name: c for c in CONTENDERS}
+    _known(list(only), list(names), "contender")
+    seed_list = _seeds(seeds)
+    cfg = load_config(config_path, {
+        "data": data, "model": "idonly", "batch_size": batch_size, "max_steps": max_steps,
+        "train_days": [d.strip() for d in train_days.split(",")] if train_days else None})
+    from hvams.peer.sharding import fused_optimizer
+    from hvams.train.preflight import preflight
+
+    preflight(cfg)
+    fused_optimizer(cfg)  # one the peer's kernels have, or a ConfigError now
+    out = Path(out or "runs/bench/peer")
+    contenders = [names[o] for o in only] if only else list(CONTENDERS)
+    result = run_peer(cfg, seed_list, warmup, out, timeout, contenders, profile)
+    _finish(out, "peer", format_peer(result))

@@ -75,3 +75,39 @@ def evaluate(labels, probs, users, new_ad=None, p_true=None) -> dict:
         if new_ad is not None:
             out["oracle_new_ad_auc"] = auc(labels[m], pt[m])
     return out
+
+
+class Scores:
+    """The columns evaluation needs, gathered batch by batch on one rank."""
+
+    KEYS = ("label", "prob", "user", "new", "p_true")
+
+    def __init__(self, schema):
+        self.schema = schema
+        self.cols = {k: [] for k in self.KEYS}
+
+    def add(self, batch, prob) -> None:
+        s, v = self.schema, batch.values
+        self.cols["label"].append(v[s.label])
+        self.cols["prob"].append(prob)
+        self.cols["user"].append(v[s.user])
+        if s.new_ad and s.new_ad in v:
+            self.cols["new"].append(v[s.new_ad])
+        if s.p_true and s.p_true in v:
+            self.cols["p_true"].append(v[s.p_true])
+
+    def local(self) -> dict:
+        """This rank's part, for ``evaluate_parts`` after a gather."""
+        return {k: np.concatenate(c) if c else None for k, c in self.cols.items()}
+
+
+def evaluate_parts(parts: list[dict]) -> dict:
+    """``evaluate`` over the columns each rank scored (label, prob, user, new, p_true;
+    a column a rank lacks is None)."""
+    merged = {k: (np.concatenate([p[k] for p in parts if p[k] is not None])
+                  if any(p[k] is not None for p in parts) else None) for k in Scores.KEYS}
+    if merged["label"] is None:
+        return {"n": 0}
+    return evaluate(merged["label"], merged["prob"], merged["user"], merged["new"],
+                    merged["p_true"])
+

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent set-up of the hvams stack on Debian, as root or with sudo-free apt:
 #   OpenMPI (apt, only when mpicc/mpirun are missing), .venv with the pinned
-#   packages of requirements.txt, Horovod 0.28.1 built from source with
+#   packages of requirements.txt and requirements-peer.txt (the TorchRec peer),
+#   Horovod 0.28.1 built from source with
 #   PyTorch + MPI + Gloo (wheel cached in ~/.cache/hvams/wheels), hvams itself.
 # A second run that finds everything in place takes seconds.
 set -euo pipefail
@@ -33,7 +34,7 @@ if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3.11-
 
 # 2. The virtual environment with the pinned packages (horovod comes later).
 stamp="$VENV/.hvams-reqs"
-want=$(cat requirements.txt setup.py | sha256sum | cut -c1-16)
+want=$(cat requirements.txt requirements-peer.txt setup.py | sha256sum | cut -c1-16)
 if [ ! -x "$VENV/bin/python" ]; then log "creating $VENV"; "$PY" -m venv "$VENV"; fi
 VPY="$VENV/bin/python"
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
@@ -43,6 +44,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   "$VPY" -m pip install -q -r "$VENV/.reqs-no-horovod.txt"
   # mpi4py from source, linked against the system libmpi that Horovod uses.
   "$VPY" -m pip install -q --no-binary mpi4py "$(grep -E '^mpi4py==' requirements.txt)"
+  # The TorchRec peer, without its metadata's CUDA fbgemm-gpu (requirements-peer.txt says why).
+  "$VPY" -m pip install -q --no-deps -r requirements-peer.txt
   "$VPY" -m pip install -q --no-deps --no-build-isolation -e .
   echo "$want" > "$stamp"
 fi

@@ -73,11 +73,19 @@ def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False)
     out.mkdir(parents=True)
     cfg = job_config(cfg, timeout)
     cfg.save(out / "job-config.yaml")
-    log = out / "job.log"
     cmd = mpirun_command(ranks, python_argv("cli", "train", "--config", str(out / "job-config.yaml")),
                          env=local_env())
+    run_logged(cmd, out, timeout, "hvams train")
+    return _result(out)
+
+
+def run_logged(cmd: list[str], out: Path, timeout: float, what: str, env=None) -> None:
+    """Run ``cmd`` with its output in ``out/job.log``; BenchError with the log's tail on a
+    failure or after ``timeout`` seconds (the whole process group is killed)."""
+    log = out / "job.log"
     with open(log, "w") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -85,8 +93,7 @@ def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False)
             proc.wait()
             raise BenchError(f"{out}: no result after {timeout:.0f} s; log {log}:\n{_tail(log)}")
     if code != 0:
-        raise BenchError(f"{out}: hvams train exited {code}; log {log}:\n{_tail(log)}")
-    return _result(out)
+        raise BenchError(f"{out}: {what} exited {code}; log {log}:\n{_tail(log)}")
 
 
 def save_json(path: Path, data) -> None:

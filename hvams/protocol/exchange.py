@@ -5,6 +5,7 @@ import numpy as np
 from mpi4py import MPI
 
 from .accounting import ByteCounter
+from .waiting import WaitPolicy
 
 _MPI_TYPES = {np.dtype(np.int64): MPI.INT64_T, np.dtype(np.float32): MPI.FLOAT,
               np.dtype(np.uint8): MPI.UINT8_T, np.dtype(np.float64): MPI.DOUBLE}
@@ -17,10 +18,15 @@ def _displs(counts: np.ndarray) -> np.ndarray:
 
 
 class Exchange:
-    """All-to-all of per-destination numpy parts over one communicator."""
+    """All-to-all of per-destination numpy parts over one communicator.
 
-    def __init__(self, comm, counter: ByteCounter):
+    Nonblocking collectives completed by ``wait`` (``protocol.waiting``), so a
+    waiting rank does not hold a core that another rank on its host needs.
+    """
+
+    def __init__(self, comm, counter: ByteCounter, wait: WaitPolicy | None = None):
         self.comm, self.counter = comm, counter
+        self.wait = wait or WaitPolicy()
         self.size, self.rank = comm.Get_size(), comm.Get_rank()
 
     def headers(self, rows: np.ndarray) -> np.ndarray:
@@ -28,7 +34,7 @@ class Exchange:
         rows = np.ascontiguousarray(rows, np.int64)
         out = np.empty_like(rows)
         self.counter.beat("the step header exchange")
-        self.comm.Alltoall(rows, out)
+        self.wait.wait(self.comm.Ialltoall(rows, out))
         self.counter.beat(f"step {int(out[:, 1].max())}")
         self.counter.add("control", rows.nbytes - rows[self.rank].nbytes)
         return out
@@ -47,8 +53,8 @@ class Exchange:
         recv = np.empty(int(recv_counts.sum()), dtype)
         mpi_t = _MPI_TYPES[dtype]
         self.counter.beat("an Alltoallv")
-        self.comm.Alltoallv([send, (send_counts, _displs(send_counts)), mpi_t],
-                            [recv, (recv_counts, _displs(recv_counts)), mpi_t])
+        self.wait.wait(self.comm.Ialltoallv([send, (send_counts, _displs(send_counts)), mpi_t],
+                                            [recv, (recv_counts, _displs(recv_counts)), mpi_t]))
         out, start = [], 0
         for c in recv_counts:
             out.append(recv[start:start + c])

@@ -6,6 +6,7 @@ import numpy as np
 from ..distributed.topology import Topology
 from ..protocol.accounting import ByteCounter
 from ..protocol.exchange import Exchange
+from ..protocol.waiting import policy_for
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
 from .channels import ChannelSpec, dtype_groups
 
@@ -15,7 +16,7 @@ class StepClient:
 
     def __init__(self, topo: Topology, channels: list[ChannelSpec], counter: ByteCounter):
         self.topo, self.channels, self.counter = topo, channels, counter
-        self.ex = Exchange(topo.world, counter)
+        self.ex = Exchange(topo.world, counter, policy_for(topo.local_size))
         self.width = header_width(len(channels))
         self.S = topo.num_servers
         self._pending = None

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from ..bench.machine import peak_rss_mb
 from ..config import TrainConfig
 from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
@@ -78,7 +79,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
     elapsed = time.perf_counter() - t0
     result.update({"role": topo.role, "role_rank": topo.role_rank, "device": rt.describe(),
                    "bytes": counter.snapshot(),
-                   "elapsed_s": elapsed, "stage_s": timing.snapshot()})
+                   "elapsed_s": elapsed, "stage_s": timing.snapshot(), "peak_rss_mb": peak_rss_mb()})
     gathered = topo.world.gather(result, root=0)
     summary = None
     if topo.rank == 0:

@@ -71,6 +71,9 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
             "bytes": by_cat, "bytes_per_step": {k: v / max(steps, 1) for k, v in by_cat.items()},
             "losses": w0["losses"], "final_step": w0["final_step"], "step_s": w0["step_s"],
             "stage_s": stage_seconds(results),
+            "peak_rss_mb": {role: [r.get("peak_rss_mb") for r in sorted(
+                (r for r in results if r["role"] == role), key=lambda r: r["role_rank"])]
+                for role in ("server", "worker")},
             "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
             "images": image_summary(servers, workers),
             "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}

@@ -21,7 +21,7 @@ from ..config import ConfigError
 from ..data.reader import DayReader, day_files, day_rows, split_ranges
 from ..data.schema import Schema
 from ..distributed.failfast import maybe_inject_fault
-from ..metrics import evaluate
+from ..metrics import Scores, evaluate_parts
 from ..models.inputs import build_inputs, labels_of
 from ..protocol.messages import Phase
 from ..protocol.timing import stage
@@ -179,8 +179,7 @@ class WorkerTrainer:
         reader = DayReader(day, self.schema, self.cfg.eval_batch_size, self.topo.role_rank,
                            self.topo.num_workers, self.cfg.prefetch, self.cfg.on_bad_row)
         it = iter(reader)
-        cols = {k: [] for k in ("label", "prob", "user", "new", "p_true")}
-        s = self.schema
+        scores = Scores(self.schema)
         while True:
             batch = next(it, None)
             n = batch.n if batch is not None else 0
@@ -191,26 +190,14 @@ class WorkerTrainer:
                 continue
             with self.rt.compute():
                 logits = self.model(self._inputs(batch, [self.rt.upload(r) for r in rows]))
-            prob = self.rt.download(torch.softmax(logits.float(), dim=1)[:, 1])
-            cols["label"].append(batch.values[s.label])
-            cols["prob"].append(prob)
-            cols["user"].append(batch.values[s.user])
-            if s.new_ad and s.new_ad in batch.values:
-                cols["new"].append(batch.values[s.new_ad])
-            if s.p_true and s.p_true in batch.values:
-                cols["p_true"].append(batch.values[s.p_true])
+            scores.add(batch, self.rt.download(torch.softmax(logits.float(), dim=1)[:, 1]))
         self.model.train()
         self._last_end = None  # evaluation time is not step time
-        local = {k: np.concatenate(v) if v else None for k, v in cols.items()}
+        local = scores.local()
         gathered = self.topo.role_comm.gather(local, root=0)
         if self.topo.role_rank != 0:
             return None
-        merged = {k: (np.concatenate([g[k] for g in gathered if g[k] is not None])
-                      if any(g[k] is not None for g in gathered) else None) for k in cols}
-        if merged["label"] is None:
-            return {"n": 0}
-        return evaluate(merged["label"], merged["prob"], merged["user"], merged["new"],
-                        merged["p_true"])
+        return evaluate_parts(gathered)
 
 
 def epoch_batches(reader: DayReader, skip: int):
