@@ -65,7 +65,11 @@ def _rank() -> int:
 @click.option("--step-timeout", type=float,
               help="Seconds without progress before a rank aborts the job (fail fast).")
 @click.option("--local", "local_np", type=int, help="Start mpirun with N ranks on this machine.")
-def train(config_path, local_np, **flags):
+@click.option("--launch", metavar="COMMAND",
+              help="Start the job with this launcher command line, to which hvams appends its "
+                   "own, e.g. 'cluster/netns/mpirun.sh 6 --map-by node' or 'mpirun -np 8 "
+                   "--hostfile hosts'; a dead rank is then named with its role and host.")
+def train(config_path, local_np, launch, **flags):
     """Train a CTR model on servers + workers (run under mpirun/horovodrun/srun).
 
     \b
@@ -85,14 +89,21 @@ def train(config_path, local_np, **flags):
         if _rank() == 0:
             click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
-    if local_np:
-        from hvams.distributed.launch import run_local
+    if local_np or launch:
+        import shlex
 
+        from hvams.distributed.launch import run_launched, run_local
+
+        if local_np and launch:
+            click.echo("hvams: error: --local and --launch exclude each other", err=True)
+            raise SystemExit(EXIT_USAGE)
         os.makedirs(cfg.out, exist_ok=True)
-        resolved = os.path.join(cfg.out, "config.requested.yaml")
+        resolved = os.path.abspath(os.path.join(cfg.out, "config.requested.yaml"))
         cfg.save(resolved)
         argv = [sys.executable, "-m", "cli", "train", "--config", resolved]
-        code = run_local(local_np, argv, os.path.join(cfg.out, "topology.json"))
+        roles = os.path.join(cfg.out, "topology.json")
+        code = (run_local(local_np, argv, roles) if local_np else
+                run_launched(shlex.split(launch) + argv, roles))
         raise SystemExit(1 if code else 0)
     from hvams.train.run import run_training
 

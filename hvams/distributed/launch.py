@@ -76,12 +76,18 @@ def explain_failure(output: str, roles: dict | None) -> str | None:
 
 def run_local(np_: int, argv: list[str], roles_file: str | None = None) -> int:
     """Run ``argv`` under a local mpirun, streaming its output; explain a dead rank."""
+    return run_launched(mpirun_command(np_, argv, env=local_env()), roles_file)
+
+
+def run_launched(cmd: list[str], roles_file: str | None = None) -> int:
+    """Run a launcher command line (mpirun and its argv), streaming its output; when a
+    rank died, one line naming the rank, its role (from ``roles_file``) and its host."""
     import json
     import subprocess
     from collections import deque
 
-    proc = subprocess.Popen(mpirun_command(np_, argv, env=local_env()), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, bufsize=1)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            bufsize=1)
     tail: deque = deque(maxlen=400)
     for line in proc.stdout:
         sys.stdout.write(line)

@@ -6,6 +6,8 @@ among all ranks done while Horovod's background thread is running.
 """
 from __future__ import annotations
 
+import json
+
 import numpy as np
 
 from .reports import write_report
@@ -44,6 +46,7 @@ def run_smoke(num_servers: int | None = None, placement: str = "block") -> dict:
         "local_rank": topo.local_rank, "local_size": topo.local_size,
     }
     write_report("smoke", rank, report)
+    print("HVAMS-SMOKE " + json.dumps(report, sort_keys=True), flush=True)
     finish(topo)
     return report
 

@@ -77,6 +77,7 @@ class Topology:
     thread_level: int = 0
     local_rank: int = 0                # among the ranks of this node (picks the GPU)
     local_size: int = 1
+    nodes: list[str] = field(default_factory=list)  # every rank's node name
     extra: dict = field(default_factory=dict)
 
     @property
@@ -143,7 +144,8 @@ def build_topology(num_servers: int | None = None, placement: str = "block",
     topo = Topology(
         world=world, rank=rank, size=size, server_ranks=servers, worker_ranks=workers,
         role=role, role_comm=role_comm, role_rank=role_comm.Get_rank(), node=nodes[rank],
-        thread_level=MPI.Query_thread(), local_rank=on_node, local_size=node_size)
+        thread_level=MPI.Query_thread(), local_rank=on_node, local_size=node_size,
+        nodes=nodes)
     if init_horovod:
         import horovod.torch as hvd
 

@@ -46,7 +46,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         run_dir.mkdir(parents=True, exist_ok=True)
         cfg.save(run_dir / "config.yaml")
         print(f"hvams: train days {cfg.train_days}, test day {cfg.test_day}", flush=True)
-        roles = {"servers": topo.server_ranks, "workers": topo.worker_ranks}
+        roles = {"servers": topo.server_ranks, "workers": topo.worker_ranks, "nodes": topo.nodes}
         (run_dir / "topology.json").write_text(json.dumps(roles))
         print(f"hvams: {topo.size} ranks: servers {topo.server_ranks}, workers {topo.worker_ranks}",
               flush=True)
