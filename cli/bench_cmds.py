@@ -69,6 +69,18 @@ def _finish(out: Path, name: str, text: str) -> None:
     click.echo(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
+def _paper_preset(bench_name: str, opts: dict) -> None:
+    """The paper's batch shape: its world in DATA (synthesised if absent), 3,000 samples per
+    worker, vgg16 cut at fc6."""
+    if not (Path(opts["data"]) / "world.json").exists():
+        from hvams.data.synth import preset as world_preset, synthesize
+
+        click.echo(f"bench {bench_name}: synthesising the paper-like world in {opts['data']} ...")
+        synthesize(opts["data"], world_preset("paper"), overwrite=True)
+    opts["batch_size"] = opts["batch_size"] or 3000
+    opts["backbone"] = opts["backbone"] or "vgg16"
+
+
 def _seeds(seeds: str) -> list[int]:
     try:
         return [int(s) for s in seeds.split(",") if s.strip()]
@@ -121,13 +133,7 @@ def comm(out, ranks, steps, preset, timeout, **opts):
 
     extra = {"model": "dicm"}
     if preset == "paper":
-        if not (Path(opts["data"]) / "world.json").exists():
-            from hvams.data.synth import preset as world_preset, synthesize
-
-            click.echo(f"bench comm: synthesising the paper-like world in {opts['data']} ...")
-            synthesize(opts["data"], world_preset("paper"), overwrite=True)
-        opts["batch_size"] = opts["batch_size"] or 3000
-        opts["backbone"] = opts["backbone"] or "vgg16"
+        _paper_preset("comm", opts)
         extra["freeze_backbone"] = True
         ranks = ranks or 6  # 2 servers + 4 workers: more workers than servers, as in the paper
     cfg = _base(**opts, **extra)
@@ -268,3 +274,49 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
     contenders = [names[o] for o in only] if only else list(CONTENDERS)
     result = run_peer(cfg, seed_list, warmup, out, timeout, contenders, profile)
     _finish(out, "peer", format_peer(result))
+
+
+@bench.command()
+@_common
+@click.option("--hosts", type=click.IntRange(min=2), default=3, show_default=True,
+              help="Fake hosts (cluster/netns); the ranks are spread over them.")
+@click.option("--rates", default="unlimited,1gbit,100mbit", show_default=True,
+              help="Comma-separated link rates per host (tc units); the first is the reference.")
+@click.option("--steps", type=click.IntRange(min=2), default=16, show_default=True)
+@click.option("--warmup", type=click.IntRange(min=0), default=4, show_default=True)
+@click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--variant", "variants", multiple=True, type=click.Choice(["frozen", "trainable"]),
+              help="Backbone variants (default both; the paper preset: frozen).")
+@click.option("--preset", type=click.Choice(["paper"]),
+              help="paper: the paper's batch shape (bench comm's preset: 3,000 samples per worker, "
+                   "~40 behavior images each, frozen vgg16 fc6 at 32 px).")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write the slowdown chart (PNG) here.")
+@_guard
+def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, preset, chart, timeout,
+            **opts):
+    """The three strategies on fake hosts with limited links: samples/s, bytes, slowdown.
+
+    Needs root (network namespaces). See docs/cluster.md for the fake cluster.
+
+    \b
+    Example:
+      hvams bench network --data data/demo --batch-size 256 --out runs/bench/network \\
+        --chart docs/img/network.png
+    """
+    from hvams.bench.network import format_network, run_network
+
+    extra = {"model": "dicm"}
+    if preset == "paper":
+        _paper_preset("network", opts)
+        variants = variants or ("frozen",)
+    cfg = _base(**opts, **extra)
+    out = Path(out or "runs/bench/network")
+    rate_list = [r.strip() for r in rates.split(",") if r.strip()]
+    result = run_network(cfg, hosts, ranks or 6, steps, warmup, rounds, out, rate_list,
+                         list(variants) or ["frozen", "trainable"], timeout)
+    _finish(out, "network", format_network(result))
+    if chart:
+        from hvams.bench.charts import network_chart
+
+        network_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")

@@ -133,3 +133,24 @@ def test_a_killed_host_fails_the_job_fast_naming_host_and_role(cluster, tiny_wor
     role = (f"server {topo['servers'].index(rank)}" if rank in topo["servers"]
             else f"worker {topo['workers'].index(rank)}")
     assert f"({role})" in lines[0]
+
+
+def test_bench_network_runs_on_its_own_fake_cluster_and_tears_it_down(cluster, tiny_world,
+                                                                     tmp_path):
+    out, chart = tmp_path / "net", tmp_path / "net.png"
+    res = run_job(py("cli", "bench", "network", "--data", tiny_world, "--batch-size", 64,
+                     "--steps", 3, "--warmup", 1, "--rounds", 1, "--rates", "unlimited,100mbit",
+                     "--variant", "frozen", "--out", out, "--chart", chart), timeout=900)
+    assert not res.timed_out and res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "network.json").read_text())
+    rows = r["table"]["frozen"]
+    assert set(rows) == {"store-in-worker", "store-in-server", "ams"} and r["hosts"] == 3
+    for s, row in rows.items():
+        assert row["unlimited"]["slowdown"] == 1.0
+        assert row["100mbit"]["slowdown"] == pytest.approx(row["100mbit"]["median"]
+                                                           / row["unlimited"]["median"])
+        # the same batches at every link rate: the same bytes
+        assert row["100mbit"]["bytes_per_step"] == row["unlimited"]["bytes_per_step"]
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    left = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    assert "hvbench-" not in left

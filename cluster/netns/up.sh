@@ -34,15 +34,12 @@ for i in $(seq 1 "$n"); do
   ip -n "$h" link set lo up
   ip -n "$h" addr add "198.18.0.$((10 + i))/24" dev eth0
   ip -n "$h" link set eth0 up
-  if [ "$rate" != none ]; then
-    # tbf both ways: host -> bridge on eth0, bridge -> host on the port.
-    ip netns exec "$h" tc qdisc add dev eth0 root tbf rate "$rate" burst 256kb latency 100ms
-    ip netns exec "$sw" tc qdisc add dev "p$i" root tbf rate "$rate" burst 256kb latency 100ms
-  fi
   # `ip netns exec` mounts /etc/netns/NAME/hosts over /etc/hosts: every host finds the others.
   mkdir -p "/etc/netns/$h"
   cp "$state/hosts" "/etc/netns/$h/hosts"
   echo "$h slots=$slots" >> "$state/hostfile"
 done
 echo "$n" > "$state/size"
+# tbf both ways: host -> bridge on eth0, bridge -> host on the bridge port.
+"$here/rate.sh" "$rate"
 echo "fake cluster: $n hosts ($prefix-h1..$prefix-h$n, 198.18.0.11-$((10 + n))), links: $rate; hostfile $state/hostfile"

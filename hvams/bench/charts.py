@@ -9,6 +9,15 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 
+def _save(fig, path: Path, caption: str) -> Path:
+    """The command and machine as a caption under the plot; PNG at ``path``."""
+    fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def speed_chart(result: dict, path: Path, caption: str) -> Path:
     """Grouped bars: samples/s by strategy, one group per backbone variant."""
     variants = list(result["median"])
@@ -25,11 +34,7 @@ def speed_chart(result: dict, path: Path, caption: str) -> Path:
     ax.set_ylabel("samples/s (median of rounds)")
     ax.set_title("Training speed by strategy", fontsize=11)
     ax.legend(fontsize=8)
-    fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, caption)
 
 
 def auc_chart(result: dict, path: Path, caption: str) -> Path:
@@ -48,8 +53,22 @@ def auc_chart(result: dict, path: Path, caption: str) -> Path:
     ax.set_ylabel("test AUC (mean over the seeds with a curve)")
     ax.set_title("Test AUC over training", fontsize=11)
     ax.legend(fontsize=7, ncol=2)
-    fig.text(0.01, 0.01, caption, fontsize=6, wrap=True)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(fig, path, caption)
+
+
+def network_chart(result: dict, path: Path, caption: str) -> Path:
+    """Slowdown against unlimited links by link rate, one line per strategy and backbone."""
+    rates = result["rates"]
+    fig, ax = plt.subplots(figsize=(8, 4.4))
+    styles = {"frozen": "-", "trainable": "--"}
+    for v, by_s in result["table"].items():
+        for s, row in by_s.items():
+            ax.plot(rates, [row[x]["slowdown"] for x in rates], marker="o",
+                    linestyle=styles.get(v, "-"), label=f"{s}, {v} backbone")
+    ax.axhline(0.9, color="grey", linestyle=":", linewidth=1, label="AMS target (0.9)")
+    ax.set_xlabel("link rate per host (both directions)")
+    ax.set_ylabel("samples/s / samples/s with unlimited links")
+    ax.set_ylim(0, 1.15)
+    ax.set_title("What slower links cost each strategy", fontsize=11)
+    ax.legend(fontsize=7, ncol=2)
+    return _save(fig, path, caption)

@@ -54,8 +54,11 @@ def finished_run(cfg: TrainConfig, timeout: float) -> dict | None:
     return _result(out)
 
 
-def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False) -> dict:
-    """Run ``cfg`` on ``ranks`` local ranks; its summary.json and metrics.jsonl records.
+def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False,
+              launch: list[str] | None = None, env: dict[str, str] | None = None) -> dict:
+    """Run ``cfg`` on ``ranks`` local ranks (or with the launcher command line ``launch``,
+    e.g. the fake cluster's mpirun, with ``env`` added to the environment); its
+    summary.json and metrics.jsonl records.
 
     The run directory ``cfg.out`` is emptied first (metrics.jsonl appends), unless
     ``reuse`` and it holds a finished run of the same config (an interrupted bench resumes).
@@ -73,9 +76,9 @@ def train_job(cfg: TrainConfig, ranks: int, timeout: float, reuse: bool = False)
     out.mkdir(parents=True)
     cfg = job_config(cfg, timeout)
     cfg.save(out / "job-config.yaml")
-    cmd = mpirun_command(ranks, python_argv("cli", "train", "--config", str(out / "job-config.yaml")),
-                         env=local_env())
-    run_logged(cmd, out, timeout, "hvams train")
+    argv = python_argv("cli", "train", "--config", str((out / "job-config.yaml").resolve()))
+    cmd = [*launch, *argv] if launch else mpirun_command(ranks, argv, env=local_env())
+    run_logged(cmd, out, timeout, "hvams train", {**os.environ, **env} if env else None)
     return _result(out)
 
 

@@ -17,14 +17,16 @@ import torch
 from ..imaging.embed import PixelEmbedder
 from ..imaging.payload import pack
 from ..imaging.source import ImageSource
+from ..distributed.compression import horovod_compression, wire_bytes
 from ..protocol.timing import stage
 from .channels import ChannelSpec
 
 
 class AmsImageChannel:
     def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder, topo,
-                 counter, lr: float):
+                 counter, lr: float, compression: str = "none"):
         self.spec, self.source, self.embedder, self.topo, self.counter = spec, source, embedder, topo, counter
+        self.compression = compression
         self.params = embedder.model.trainable_parameters()
         self.opt = torch.optim.Adam(self.params, lr=lr)
         self.lr = lr
@@ -54,10 +56,11 @@ class AmsImageChannel:
         if self.topo.num_servers > 1:
             import horovod.torch as hvd
 
-            self.counter.add("allreduce_servers", sum(g.numel() * g.element_size() for g in grads))
+            self.counter.add("allreduce_servers", wire_bytes(grads, self.compression))
             with stage("image_allreduce"):
                 grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
-                                              name="image_model_grads")
+                                              name="image_model_grads",
+                                              compression=horovod_compression(self.compression))
         for p, g in zip(self.params, grads):
             p.grad = g
         for group in self.opt.param_groups:

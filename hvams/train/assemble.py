@@ -58,7 +58,7 @@ def server_channels(cfg, schema, topo, specs, resume_dir, counter, rt: Runtime):
             source = image_source(cfg, rt, topo.role_rank, topo.num_servers)
             if cfg.strategy == "ams":
                 ch = AmsImageChannel(spec, source, image_embedder(cfg, rt), topo, counter,
-                                     cfg.image_lr)
+                                     cfg.image_lr, cfg.allreduce_compression)
                 if resume_dir is not None and (resume_dir / "image.pt").exists():
                     ch.load(ckpt.load_torch(resume_dir / "image.pt", rt.device))
             else:

@@ -21,6 +21,7 @@ from ..config import ConfigError
 from ..data.reader import DayReader, day_files, day_rows, split_ranges
 from ..data.schema import Schema
 from ..distributed.failfast import maybe_inject_fault
+from ..distributed.compression import horovod_compression, wire_bytes
 from ..metrics import Scores, evaluate_parts
 from ..models.inputs import build_inputs, labels_of
 from ..protocol.messages import Phase
@@ -110,7 +111,8 @@ class WorkerTrainer:
         import horovod.torch as hvd
 
         opt = hvd.DistributedOptimizer(opt, named_parameters=named, op=hvd.Sum,
-                                       process_set=topo.worker_set)
+                                       process_set=topo.worker_set,
+                                       compression=horovod_compression(cfg.allreduce_compression))
         self.opt = opt
         self.losses: list[float] = []      # this worker's loss sums, one per step
         # Wall time between consecutive step ends (so reading counts too); the
@@ -152,8 +154,8 @@ class WorkerTrainer:
                               if r.requires_grad and r.grad is not None else None
                               for r, spec in zip(rows, self.client.channels)])
         if self.topo.num_workers > 1:
-            self.client.counter.add("allreduce_workers", sum(
-                p.grad.numel() * p.grad.element_size() for p in self.params))
+            self.client.counter.add("allreduce_workers", wire_bytes(
+                [p.grad for p in self.params], self.cfg.allreduce_compression))
         with stage("allreduce_step"):  # Horovod allreduce of dense gradients + Adam
             self.opt.step()
         end = time.perf_counter()
