@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import click
 
@@ -185,3 +186,39 @@ def stats(store):
                f"({s['images_per_partition']['min']}-{s['images_per_partition']['max']} per partition); "
                f"{s['bytes'] / 1e6:.2f} MB, mean {s['mean_bytes']:.0f} B, median {s['p50_bytes']:.0f} B, "
                f"max {s['max_bytes']} B; formats {s['formats']}")
+
+
+@images.command("place")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The whole image store.")
+@click.option("--servers", required=True, type=click.IntRange(min=1), help="Servers of the job.")
+@click.option("--hostfile", type=click.Path(exists=True, dir_okay=False),
+              help="OpenMPI hostfile of the job (hosts in its order).")
+@click.option("--hosts", help="Comma-separated host names instead of --hostfile.")
+@click.option("--out", required=True, type=click.Path(file_okay=False),
+              help="Writes OUT/HOST/ for every host.")
+@click.option("--copy", is_flag=True, help="Copy the files (default: hard links where possible).")
+def place_cmd(store, servers, hostfile, hosts, out, copy):
+    """Give each host only its servers' partitions (spread placement: server s on host s mod H).
+
+    \b
+    Example:
+      hvams images place --store data/demo/images --servers 2 --hostfile hosts --out /tmp/placed
+      # then copy /tmp/placed/HOST to each HOST, or with a shared file system:
+      hvams train --images /tmp/placed/{node} --placement spread ...
+    """
+    from hvams.store.place import hosts_of, place
+
+    if bool(hostfile) == bool(hosts):
+        click.echo("hvams: error: give exactly one of --hostfile and --hosts", err=True)
+        raise SystemExit(EXIT_USAGE)
+    try:
+        names = hosts_of(hostfile) if hostfile else [h.strip() for h in hosts.split(",") if h.strip()]
+        placed = place(store, servers, names, out, copy)
+    except (ValueError, FileNotFoundError) as exc:
+        click.echo(f"hvams: error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    for host, parts in placed.items():
+        click.echo(f"{Path(out) / host}: {len(parts)} partitions"
+                   + (f" ({parts[0]}..{parts[-1]})" if parts else " (no server here)"))
+

@@ -31,6 +31,9 @@ class ConfigError(ValueError):
     user_error = True  # bad input: reported without a traceback
 
 
+# In ``images``, replaced by each rank's node name: the store placed on that host.
+NODE_FIELD = "{node}"
+
 # The strings a boolean key accepts besides YAML's own true/false (case-insensitive).
 BOOL_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
 
@@ -53,7 +56,7 @@ class TrainConfig:
 
     data: str = ""                       # data directory (schema.json, day=NN/)
     out: str = "runs/latest"             # RUN_DIR
-    images: str | None = None            # image store; default DATA/images
+    images: str | None = None            # image store; default DATA/images; {node}: this host's
     train_days: list[str] | None = None  # default: world.json's, else all days but the last
     test_day: str | None = None          # default: world.json's, else the last day
     model: str = "idonly"  # idonly, din, dicm or din+img

@@ -6,7 +6,8 @@ import pytest
 
 COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["images", "ingest"], ["images", "verify"],
             ["images", "stats"], ["train"], ["export"], ["predict"], ["bench", "comm"],
-            ["bench", "speed"], ["bench", "quality"]]
+            ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"],
+            ["images", "place"]]
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=" ".join)

@@ -54,9 +54,22 @@ def _checkpoint(run: Path):
     return dense, servers
 
 
+def _placed_store(world, tmp_path) -> Path:
+    """Each fake host's share of the store (hvams images place), as a real cluster has it."""
+    out = tmp_path / "placed"
+    res = run_job(py("cli", "images", "place", "--store", Path(world) / "images", "--servers", 2,
+                     "--hostfile", f"{ENV['HVAMS_NETNS_STATE']}/hostfile", "--out", out), timeout=60)
+    assert res.returncode == 0, res.output
+    return out
+
+
 def test_three_hosts_spread_servers_and_equal_the_one_host_run(cluster, tiny_world, tmp_path):
     multi, one = tmp_path / "multi", tmp_path / "one"
+    placed = _placed_store(tiny_world, tmp_path)
+    # host 3 runs no server: it gets no partition, only the manifest
+    assert not list((placed / cluster[2]).glob("part-*")) and list((placed / cluster[0]).glob("part-*"))
     res = run_job(py("cli", *_train_args(tiny_world, multi, "--max-steps", 8,
+                                         "--images", f"{placed}/{{node}}",
                                          "--launch", LAUNCH)), timeout=300, env=ENV)
     assert not res.timed_out and res.returncode == 0, res.output[-3000:]
     topo = json.loads((multi / "topology.json").read_text())
@@ -83,6 +96,23 @@ def test_three_hosts_spread_servers_and_equal_the_one_host_run(cluster, tiny_wor
         for k in srv_a[name]:
             np.testing.assert_allclose(srv_a[name][k], srv_b[name][k], rtol=1e-4, atol=1e-6,
                                        err_msg=f"{name}:{k}")
+
+
+def test_a_server_missing_a_partition_fails_fast_naming_it_and_its_host(cluster, tiny_world,
+                                                                        tmp_path):
+    placed = _placed_store(tiny_world, tmp_path)
+    gone = sorted((placed / cluster[1]).glob("part-*"))[0]  # server 1's, on host 2
+    import shutil
+
+    shutil.rmtree(gone)
+    t0 = time.time()
+    res = run_job(py("cli", *_train_args(tiny_world, tmp_path / "run", "--max-steps", 4,
+                                         "--images", f"{placed}/{{node}}", "--launch", LAUNCH)),
+                  timeout=120, env=ENV)
+    assert not res.timed_out and res.returncode != 0 and time.time() - t0 < 60
+    line = next(ln for ln in res.output.splitlines() if "MissingPartitionError" in ln)
+    assert f"server 1 on {cluster[1]}" in line and gone.name in line, line
+    assert "Traceback" not in res.output
 
 
 def _host_ranks(host: str) -> list[int]:

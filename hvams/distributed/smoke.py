@@ -44,6 +44,7 @@ def run_smoke(num_servers: int | None = None, placement: str = "block") -> dict:
         "thread_level": topo.thread_level, "thread_multiple": topo.thread_level == MPI.THREAD_MULTIPLE,
         "hvd_size": hvd.size(), "hvd_rank": hvd.rank(),
         "local_rank": topo.local_rank, "local_size": topo.local_size,
+        "machine_size": topo.machine_size,
     }
     write_report("smoke", rank, report)
     print("HVAMS-SMOKE " + json.dumps(report, sort_keys=True), flush=True)

@@ -27,6 +27,16 @@ def node_name() -> str:
     return os.environ.get("HVAMS_NODE") or MPI.Get_processor_name()
 
 
+def kernel_id() -> str:
+    """The running kernel's boot id: ranks with the same one share a machine's cores, also
+    when they are different nodes (containers, the network namespaces of cluster/netns)."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as fh:
+            return fh.read().strip()
+    except OSError:  # not Linux: one machine per node
+        return node_name()
+
+
 def choose_servers(nodes: list[str], num_servers: int, placement: str) -> list[int]:
     """Ranks that become servers, given each rank's node name.
 
@@ -78,6 +88,7 @@ class Topology:
     local_rank: int = 0                # among the ranks of this node (picks the GPU)
     local_size: int = 1
     nodes: list[str] = field(default_factory=list)  # every rank's node name
+    machine_size: int = 1              # ranks sharing this rank's kernel, hence its cores
     extra: dict = field(default_factory=dict)
 
     @property
@@ -129,6 +140,7 @@ def build_topology(num_servers: int | None = None, placement: str = "block",
     if num_servers is None:
         num_servers = int(os.environ.get("HVAMS_SERVERS", "1"))
     nodes = world.allgather(node_name())
+    kernels = world.allgather(kernel_id())
     try:
         servers = choose_servers(nodes, num_servers, placement)
     except TopologyError as exc:
@@ -145,7 +157,7 @@ def build_topology(num_servers: int | None = None, placement: str = "block",
         world=world, rank=rank, size=size, server_ranks=servers, worker_ranks=workers,
         role=role, role_comm=role_comm, role_rank=role_comm.Get_rank(), node=nodes[rank],
         thread_level=MPI.Query_thread(), local_rank=on_node, local_size=node_size,
-        nodes=nodes)
+        nodes=nodes, machine_size=kernels.count(kernels[rank]))
     if init_horovod:
         import horovod.torch as hvd
 

@@ -40,7 +40,8 @@ def host_cores() -> int:
         return os.cpu_count() or 1
 
 
-def policy_for(ranks_on_host: int, cores: int | None = None) -> WaitPolicy:
-    """Nap at once when ranks outnumber cores; spin a millisecond first otherwise."""
+def policy_for(ranks_on_machine: int, cores: int | None = None) -> WaitPolicy:
+    """Nap at once when the ranks sharing this machine's cores outnumber them (the fake
+    hosts of cluster/netns share one machine); spin a millisecond first otherwise."""
     cores = host_cores() if cores is None else cores
-    return WaitPolicy(spin_s=0.0 if ranks_on_host > cores else 1e-3)
+    return WaitPolicy(spin_s=0.0 if ranks_on_machine > cores else 1e-3)

@@ -36,7 +36,7 @@ class ServerLoop:
     def __init__(self, topo: Topology, channels: list, counter: ByteCounter, lr_scale_fn,
                  on_checkpoint=None, on_step=None):
         self.topo, self.channels, self.counter = topo, channels, counter
-        self.ex = Exchange(topo.world, counter, policy_for(topo.local_size))
+        self.ex = Exchange(topo.world, counter, policy_for(topo.machine_size))
         self.width = header_width(len(channels))
         self.lr_scale_fn = lr_scale_fn
         self.on_checkpoint, self.on_step = on_checkpoint, on_step

@@ -16,7 +16,7 @@ class StepClient:
 
     def __init__(self, topo: Topology, channels: list[ChannelSpec], counter: ByteCounter):
         self.topo, self.channels, self.counter = topo, channels, counter
-        self.ex = Exchange(topo.world, counter, policy_for(topo.local_size))
+        self.ex = Exchange(topo.world, counter, policy_for(topo.machine_size))
         self.width = header_width(len(channels))
         self.S = topo.num_servers
         self._pending = None

@@ -30,6 +30,12 @@ MANIFEST = "manifest.json"
 INITIAL_MAP_SIZE = 64 << 20
 
 
+class MissingPartitionError(FileNotFoundError):
+    """A partition the store's manifest lists, or a server owns, is not on this host."""
+
+    user_error = True  # a deployment mistake: one line, no traceback
+
+
 class DuplicateKeyError(ValueError):
     """A key already stored with different bytes (``--on-duplicate error``)."""
 
@@ -196,6 +202,12 @@ class ImageStore:
         self.server, self.num_servers = server, num_servers
         owned = range(self.P) if server is None else partitions_of_server(server, num_servers, self.P)
         self.partitions = list(owned)
+        for p in owned:
+            if not (self.root / partition_file(p)).is_dir():
+                raise MissingPartitionError(
+                    f"image store {self.root}: partition {p} ({partition_file(p)}) is missing"
+                    + (f"; server {server} of {num_servers} owns it, so its host needs it "
+                       f"(hvams images place)" if server is not None else ""))
         self._envs = {p: _open_env(self.root / partition_file(p), readonly=True) for p in owned}
         self._dbs = {p: (env.open_db(b"images", create=False), env.open_db(b"names", create=False))
                      for p, env in self._envs.items()}

@@ -2,7 +2,7 @@
 instead of the same traceback from every rank."""
 from __future__ import annotations
 
-from ..config import ConfigError, TrainConfig
+from ..config import NODE_FIELD, ConfigError, TrainConfig
 
 
 def preflight(cfg: TrainConfig) -> None:
@@ -21,7 +21,7 @@ def preflight(cfg: TrainConfig) -> None:
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"{Path(cfg.data) / 'schema.json'}: {exc}") from None
     resolve_days(cfg)
-    if cfg.uses_images:
+    if cfg.uses_images and NODE_FIELD not in (cfg.images or ""):  # per host: servers check theirs
         try:
             read_manifest(cfg.images_dir)
         except FileNotFoundError as exc:

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from ..bench.machine import peak_rss_mb
-from ..config import TrainConfig
+from ..config import NODE_FIELD, TrainConfig
 from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
 from ..distributed.reports import write_report
@@ -51,6 +51,8 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(f"hvams: {topo.size} ranks: servers {topo.server_ranks}, workers {topo.worker_ranks}",
               flush=True)
     topo.world.Barrier()
+    if cfg.images and NODE_FIELD in cfg.images:  # a store placed per host (hvams images place)
+        cfg = replace(cfg, images=cfg.images.replace(NODE_FIELD, topo.node))
     resume_dir = ckpt.latest_complete(run_dir) if cfg.resume else None
     if cfg.resume and resume_dir is None and topo.rank == 0:
         print(f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
