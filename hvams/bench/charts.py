@@ -61,9 +61,10 @@ def network_chart(result: dict, path: Path, caption: str) -> Path:
     rates = result["rates"]
     fig, ax = plt.subplots(figsize=(8, 4.4))
     styles = {"frozen": "-", "trainable": "--"}
+    colors = {"store-in-worker": "tab:blue", "store-in-server": "tab:orange", "ams": "tab:green"}
     for v, by_s in result["table"].items():
         for s, row in by_s.items():
-            ax.plot(rates, [row[x]["slowdown"] for x in rates], marker="o",
+            ax.plot(rates, [row[x]["slowdown"] for x in rates], marker="o", color=colors.get(s),
                     linestyle=styles.get(v, "-"), label=f"{s}, {v} backbone")
     ax.axhline(0.9, color="grey", linestyle=":", linewidth=1, label="AMS target (0.9)")
     ax.set_xlabel("link rate per host (both directions)")
