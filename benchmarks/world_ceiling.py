@@ -28,11 +28,17 @@ def main(root: Path) -> None:
     attrs = world.item_attrs[ads]
     logit = np.log(p / (1 - p))
     quality, appeal = world.ad_quality[ads], world.visual_appeal(attrs)
-    taste = world.visual_taste(users, attrs)
+    cats = world.item_category[ads]
+    taste = world.visual_taste(users, attrs, cats)
     rows = [("oracle (p_true)", logit),
             ("oracle without per-ad quality: a perfect image reader's ceiling", logit - quality),
             ("oracle without taste", logit - taste),
             ("ID-knowable part", np.where(new, logit - quality - appeal - taste, logit - taste))]
+    K = world.cfg.taste_modes
+    if K > 1:  # a reader that cannot tell which taste the ad calls for: their mean
+        mean = sum(world.visual_taste(users, attrs, np.full_like(cats, k)) for k in range(K)) / K
+        rows.append(("the user's tastes averaged, blind to which one the ad calls for",
+                     logit - quality - taste + mean))
     print("| score | AUC | new-ad AUC |\n|---|---|---|")
     for name, s in rows:
         print(f"| {name} | {auc(y, s):.4f} | {auc(y[new], s[new]):.4f} |")

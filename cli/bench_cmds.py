@@ -192,11 +192,13 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
               help="Only the first N seeds evaluate every --eval-every steps (default: all).")
 @click.option("--reuse", is_flag=True,
               help="Keep finished runs of the same config in OUT (resume an interrupted bench).")
+@click.option("--freeze-backbone/--train-backbone", default=True, show_default=True,
+              help="Train the image models' backbone end to end, or keep it fixed (the paper).")
 @click.option("--chart", type=click.Path(dir_okay=False),
               help="Write the AUC-over-training chart (PNG) here.")
 @_guard
-def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_seeds, reuse, chart,
-            timeout, **opts):
+def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_seeds, reuse,
+            freeze_backbone, chart, timeout, **opts):
     """Test AUC, GAUC and new-ad AUC of every model over seeds (paper Tables 3, 4, 6).
 
     \b
@@ -209,7 +211,7 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
     names = [m.strip() for m in models.split(",") if m.strip()]
     _known(names, list(MODELS), "model")
     seed_list = _seeds(seeds)
-    cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=True,
+    cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=freeze_backbone,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
     out = Path(out or "runs/bench/quality")
     ranks = ranks or 4

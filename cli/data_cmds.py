@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hvams.data.synth import PRESETS as PRESET_NAMES
+
 from .main import EXIT_FAILED, EXIT_USAGE, main
 
 
@@ -17,7 +19,7 @@ def data():
 
 @data.command()
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--preset", "preset_name", type=click.Choice(["tiny", "demo", "bench", "paper"]),
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESET_NAMES)),
               default="demo",
               show_default=True, help="Size of the world.")
 @click.option("--seed", type=int, default=None, help="World seed (default 0).")
@@ -30,6 +32,10 @@ def data():
 @click.option("--new-ad-frac", type=float, default=None, help="Share of test impressions on new ads.")
 @click.option("--partitions", type=int, default=None, help="Image store partitions (default 64).")
 @click.option("--image-format", type=click.Choice(["jpeg", "png"]), default=None)
+@click.option("--taste-modes", type=int, default=None,
+              help="Tastes per user; which fires depends on the ad's category (preset multimodal: 2).")
+@click.option("--pretrain-images", type=int, default=None,
+              help="Images to pretrain the world's small-cnn on (0: none; reuse another world's).")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
 def synth(out, preset_name, overwrite, **overrides):
     """Write a synthetic visual world: Parquet days, LMDB images, world.json.

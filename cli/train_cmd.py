@@ -6,6 +6,8 @@ import sys
 
 import click
 
+from hvams.config import BACKBONES
+
 from .main import EXIT_USAGE, main
 
 
@@ -35,9 +37,11 @@ def _rank() -> int:
 @click.option("--seed", type=int)
 @click.option("--aggregator", type=click.Choice(["mqap", "attentive", "sum", "max", "concat"]))
 @click.option("--strategy", type=click.Choice(["ams", "store-in-server", "store-in-worker"]))
-@click.option("--backbone", type=click.Choice(["small-cnn", "resnet18", "vgg16", "mobilenet_v3_small"]))
+@click.option("--backbone", type=click.Choice(list(BACKBONES)),
+              help="true-attributes: the quality ceiling, reads the world's truth, not pixels.")
 @click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
-              help="Backbone weights (state dict), e.g. DATA/backbone/small-cnn.pt.")
+              help="Backbone weights (state dict), e.g. DATA/backbone/small-cnn.pt; for "
+                   "true-attributes the truth table (default DATA/truth/items.parquet).")
 @click.option("--freeze-backbone/--train-backbone", default=None,
               help="Keep the backbone fixed (features cached per image) and train the head.")
 @click.option("--image-lr", type=float, help="Learning rate of the shared image model.")

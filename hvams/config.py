@@ -20,7 +20,7 @@ import yaml
 MODELS = ("idonly", "din", "dicm", "din+img")
 AGGREGATORS = ("mqap", "attentive", "sum", "max", "concat")
 STRATEGIES = ("ams", "store-in-server", "store-in-worker")
-BACKBONES = ("small-cnn", "resnet18", "vgg16", "mobilenet_v3_small")
+BACKBONES = ("small-cnn", "resnet18", "vgg16", "mobilenet_v3_small", "true-attributes")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")
 
@@ -84,8 +84,8 @@ class TrainConfig:
     # images (AMS)
     aggregator: str = "mqap"  # behavior images: mqap, attentive, sum, max or concat
     strategy: str = "ams"  # ams, store-in-server or store-in-worker
-    backbone: str = "small-cnn"  # small-cnn, resnet18, vgg16 (cut at fc6) or mobilenet_v3_small
-    backbone_weights: str | None = None  # state-dict file of the backbone (default: random)
+    backbone: str = "small-cnn"  # small-cnn, resnet18, vgg16 (fc6), mobilenet_v3_small, true-attributes
+    backbone_weights: str | None = None  # state dict (default: random); true-attributes: truth table
     freeze_backbone: Flag = False  # fixed backbone, features cached per image; the head trains
     image_size: int = 32  # side in pixels images are resized to
     head: list[int] | None = None        # default: the paper's 256-64 (after the backbone)
@@ -124,6 +124,8 @@ class TrainConfig:
         need(self.aggregator in AGGREGATORS, "aggregator", f"must be one of {AGGREGATORS}")
         need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
         need(self.backbone in BACKBONES, "backbone", f"must be one of {BACKBONES}")
+        need(self.backbone != "true-attributes" or self.freeze_backbone, "freeze_backbone",
+             "must be true with backbone true-attributes (a lookup table, nothing to train)")
         need(self.placement in ("block", "spread"), "placement", "must be block or spread")
         need(self.on_bad_row in ("error", "skip"), "on_bad_row", "must be error or skip")
         need(self.sparse_optimizer in ("adagrad", "adam", "sgd"), "sparse_optimizer",

@@ -75,12 +75,14 @@ def test_bench_speed_reports_rates_and_breakdown(tiny_world, tmp_path):
 
 def test_bench_quality_matches_the_runs(tiny_world, tmp_path):
     out, chart = tmp_path / "quality", tmp_path / "auc.png"
-    res = bench("quality", "--data", tiny_world, "--batch-size", 64, "--models", "dicm mqap",
+    res = bench("quality", "--data", tiny_world, "--batch-size", 64, "--models", "dicm mqap,true-attr",
                 "--seeds", "0,1", "--eval-every", 10, "--out", out, "--chart", chart)
     assert res.returncode == 0, res.output[-3000:]
     r = json.loads((out / "quality.json").read_text())
-    assert list(r["table"]) == ["idonly", "dicm mqap"]  # ID-only added: the gap is measured from it
-    for name, slug in (("idonly", "idonly"), ("dicm mqap", "dicm-mqap")):
+    # ID-only added: the gap is measured from it
+    assert list(r["table"]) == ["idonly", "dicm mqap", "true-attr"]
+    final = {}
+    for name, slug in (("idonly", "idonly"), ("dicm mqap", "dicm-mqap"), ("true-attr", "true-attr")):
         finals = []
         for seed in (0, 1):
             lines = (out / f"{slug}-seed{seed}" / "metrics.jsonl").read_text().splitlines()
@@ -91,7 +93,21 @@ def test_bench_quality_matches_the_runs(tiny_world, tmp_path):
         mean, std = r["table"][name]["auc"]
         assert mean == pytest.approx(sum(finals) / 2)
         assert std == pytest.approx(abs(finals[0] - finals[1]) / math.sqrt(2))
+        final[name] = recs[-1]  # seed 1
     assert r["table"]["idonly"]["gap_closed"][0] == 0
+    # the ceiling run read the truth, not pixels; efficiency is per seed against it
+    cfg = (out / "true-attr-seed1" / "config.yaml").read_text()
+    assert "backbone: true-attributes" in cfg and "small-cnn.pt" not in cfg
+    effs = []
+    for seed in (0, 1):
+        auc = {n: json.loads((out / f"{n.replace(' ', '-')}-seed{seed}" / "metrics.jsonl")
+                             .read_text().splitlines()[-1])["auc"] for n in final}
+        effs.append((auc["dicm mqap"] - auc["idonly"]) / (auc["true-attr"] - auc["idonly"]))
+    assert r["table"]["dicm mqap"]["reading_efficiency"][0] == pytest.approx(sum(effs) / 2)
+    assert "reading_efficiency" not in r["table"]["true-attr"]
+    assert "mqap_image_reading_efficiency_90pct" in r["targets"]
+    md = (out / "quality.md").read_text()
+    assert "| model | test AUC |" in md and "image-reading efficiency" in md
     assert "mqap_closes_80pct_of_gap" in r["targets"]
     assert chart.read_bytes()[:8] == PNG
 

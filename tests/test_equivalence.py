@@ -188,6 +188,27 @@ def test_dicm_equals_reference(tiny_world, tmp_path, servers, workers, model, ag
     check_images(summary)
 
 
+@pytest.mark.parametrize("strategy", ["ams", "store-in-server"])
+def test_true_attribute_ceiling_equals_reference(tiny_world, tmp_path, strategy):
+    """The quality ceiling's image path (keys -> true attributes -> head) trains the same
+    distributed as in one process: on the servers (AMS) and on the workers."""
+    out = tmp_path / "run"
+    extra = {"aggregator": "mqap", "strategy": strategy, "backbone": "true-attributes",
+             "freeze_backbone": True, "precision": "fp32"}
+    res = run_mpi(4, train_args(tiny_world, out, 2, "dicm", batch=32, steps=IMG_STEPS, **extra),
+                  timeout=300)
+    assert res.returncode == 0, res.output[-4000:]
+    summary, dense, tables = _dist_state(out)
+    ref = check_against_reference(tiny_world, out, 2, IMG_STEPS, summary, dense, tables,
+                                  model="dicm", batch_size=32, aggregator="mqap", strategy=strategy,
+                                  backbone="true-attributes", freeze_backbone=True, precision="fp32")
+    state = ckpt_image_state(out) if strategy == "ams" else dense["image_model"]
+    assert set(state) == set(ref.image_model.state_dict())  # the truth table is not state
+    for name, value in ref.image_model.state_dict().items():
+        close(state[name].numpy(), value.cpu().numpy(), "image_model." + name)
+    assert summary["images"].get("decoded", 0) == 0  # no image was read or decoded
+
+
 def check_images(summary):
     img = summary["images"]
     assert img["missing"] == img["corrupt"] == 0

@@ -20,7 +20,7 @@ from hvams.data.batch import Batch
 from hvams.data.reader import DayReader
 from hvams.data.schema import Schema
 from hvams.embedding.init import initial_rows
-from hvams.imaging.embed import PixelEmbedder
+from hvams.imaging.embed import embedder_for
 from hvams.imaging.source import ImageSource
 from hvams.models import build_model
 from hvams.models.image import build_image_model
@@ -76,7 +76,7 @@ class OneProcess:
         self.dense_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.image_model = None
         if cfg.uses_images:  # the image model held locally, fed straight from the store
-            self.embedder = PixelEmbedder(build_image_model(cfg), cfg.feature_cache, rt)
+            self.embedder = embedder_for(build_image_model(cfg), cfg.feature_cache, rt)
             self.image_model = self.embedder.model
             self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size,
                                       device=rt.device)

@@ -78,6 +78,13 @@ class WorldConfig:
     gender_lean_std: float = 0.3
     position_effect: float = 0.08
     behavior_visual_temp: float = 0.5
+    # Multi-modal taste (preset "multimodal"): each user has this many tastes; the one that
+    # fires is the candidate ad's category group (category mod taste_modes). Behaviors drawn
+    # by taste k lean to value k of ``mode_signature``, so a behavior image shows its taste
+    # but an ad image does not show which taste the ad calls for (docs/data.md). 1 = one taste.
+    taste_modes: int = 1
+    mode_signature: str = "size"
+    mode_signature_bonus: float = 1.5
     # the pretrained backbone (stand-in for ImageNet weights); 0 images = none
     pretrain_images: int = 20000
     pretrain_epochs: int = 6
@@ -98,6 +105,17 @@ class WorldConfig:
                              f"choose from {list(ATTRIBUTES)}")
         if self.image_format not in ("jpeg", "png"):
             raise ValueError("image_format must be jpeg or png")
+        if self.taste_modes < 1:
+            raise ValueError("taste_modes must be at least 1")
+        if self.taste_modes > 1:
+            if self.mode_signature not in ATTRIBUTES or self.mode_signature in self.taste_favourite_attrs:
+                raise ValueError(f"mode_signature must be an attribute of {list(ATTRIBUTES)} that is "
+                                 f"not in taste_favourite_attrs (got {self.mode_signature!r})")
+            small = [a for a in (self.mode_signature, *self.taste_favourite_attrs)
+                     if ATTRIBUTES[a] < self.taste_modes]
+            if small:
+                raise ValueError(f"taste_modes={self.taste_modes} needs that many values of "
+                                 f"{small} (distinct per taste)")
 
 
 PRESETS = {
@@ -112,6 +130,13 @@ PRESETS = {
                          shape_weight=0.0, appeal_std=1.0, taste_std=0.15, taste_favourites=0.8,
                          taste_favourite_attrs=("hue", "pattern"), ad_quality_std=0.1,
                          pretrain_size=64),
+    # Two tastes per user; which one fires depends on the ad's category, which the ad's image
+    # does not show: the world where MQAP's ad-ID query should beat one image query.
+    "multimodal": WorldConfig(users=20_000, items=30_000, ads=30_000, categories=60, brands=800,
+                              shops=1500, train_days=2, samples_per_day=250_000,
+                              shape_weight=0.0, appeal_std=1.0, taste_std=0.15,
+                              taste_favourites=0.8, taste_favourite_attrs=("hue", "pattern"),
+                              ad_quality_std=0.1, pretrain_size=64, taste_modes=2),
     # Paper-like traffic for `hvams bench comm`: 40 behavior images per sample,
     # batches of 3,000 samples per worker; bytes only, so no pretrained backbone.
     "paper": WorldConfig(users=20_000, items=20_000, ads=20_000, categories=60, brands=800,
@@ -140,6 +165,11 @@ def _grouped(values: np.ndarray, groups: np.ndarray, n_groups: int):
     count = np.bincount(groups, minlength=n_groups)
     start = np.concatenate([[0], np.cumsum(count)[:-1]])
     return values[order], start, count
+
+
+def _one_hot(idx: np.ndarray, n: int) -> np.ndarray:
+    """(..., n) float one-hot of integer ``idx``."""
+    return (idx[..., None] == np.arange(n)).astype(np.float64)
 
 
 def _zipf_weights(n: int, exponent: float, rng: np.random.Generator) -> np.ndarray:
@@ -222,11 +252,42 @@ class World:
             fav = rng.integers(0, self.taste[j].shape[1], n)
             self.taste[j][np.arange(n), fav] += cfg.taste_favourites
         self.taste[0] *= cfg.shape_weight
+        if cfg.taste_modes > 1:
+            self._mode_tastes()
         cat_pop = np.bincount(self.item_category, minlength=cfg.categories) + 1.0
         self.fav_cats = np.stack([rng.choice(cfg.categories, 3, replace=False, p=cat_pop / cat_pop.sum())
                                   for _ in range(n)])
 
-    def visual_taste(self, users: np.ndarray, attrs: np.ndarray) -> np.ndarray:
+    def _mode_tastes(self) -> None:
+        """``mode_taste[j][k, user, value]``: the shared noise plus, per taste k, distinct
+        favourite values of the favourite attributes, each liked by its own taste and
+        disliked by the others, so that the tastes average out: a reader blind to which
+        taste an ad calls for learns nothing from the favourites."""
+        cfg, n, K = self.cfg, self.cfg.users, self.cfg.taste_modes
+        rng = _rng(cfg, 5)  # a stream of its own: one-taste worlds stay byte-identical
+        names = list(ATTRIBUTES)
+        favourite = {names.index(a) for a in cfg.taste_favourite_attrs}
+        self.mode_taste = []
+        for j, values in enumerate(ATTRIBUTES.values()):
+            # favourite attributes: fresh noise, without the one-taste favourite
+            noise = rng.normal(0, cfg.taste_std, (n, values)) if j in favourite else self.taste[j]
+            per_mode = np.repeat(noise[None], K, 0)
+            if j in favourite:
+                favs = np.argsort(rng.random((n, values)), 1)[:, :K]  # K distinct values
+                for k in range(K):  # taste k likes its favourite and dislikes the others'
+                    per_mode[k] -= cfg.taste_favourites / (K - 1) * _one_hot(favs, values).sum(1)
+                    per_mode[k, np.arange(n), favs[:, k]] += cfg.taste_favourites * K / (K - 1)
+            self.mode_taste.append(per_mode)
+
+    def taste_mode(self, cats: np.ndarray) -> np.ndarray:
+        """Which of a user's tastes an ad of category ``cats`` calls for."""
+        return cats % self.cfg.taste_modes
+
+    def visual_taste(self, users: np.ndarray, attrs: np.ndarray,
+                     cats: np.ndarray | None = None) -> np.ndarray:
+        if self.cfg.taste_modes > 1:
+            mode = self.taste_mode(cats)
+            return sum(self.mode_taste[j][mode, users, attrs[:, j]] for j in range(4))
         return sum(self.taste[j][users, attrs[:, j]] for j in range(4))
 
     def visual_appeal(self, attrs: np.ndarray) -> np.ndarray:
@@ -250,23 +311,45 @@ class World:
         cat_items, cat_start, cat_count = _grouped(catalog, self.item_category[catalog],
                                                    cfg.categories)
         combo_attrs = np.array(np.unravel_index(np.arange(N_COMBOS), list(ATTRIBUTES.values()))).T
+        K = cfg.taste_modes
+        if K > 1:  # taste k draws from the categories that call for it
+            mode_rng = _rng(cfg, 6)
+            in_group = [catalog[self.taste_mode(self.item_category[catalog]) == k] for k in range(K)]
+            by_group = [_grouped(c, self.combo[c], N_COMBOS) for c in in_group]
         hist = np.empty((cfg.users, self.hist_len), np.int64)
+
+        def visual(taste, users, items, start, count, u, pick):
+            """A combo by exp(taste), then an item of that combo (u, pick: uniforms)."""
+            logits = sum(taste[j][users][:, combo_attrs[:, j]] for j in range(4))
+            logits = logits / cfg.behavior_visual_temp
+            logits[:, count == 0] = -np.inf
+            p = np.exp(logits - logits.max(1, keepdims=True))
+            cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
+            combos = np.minimum((u[..., None] > cdf[:, None, :]).sum(-1), N_COMBOS - 1)
+            return items[start[combos] + (pick * count[combos]).astype(np.int64)]
+
         for lo in range(0, cfg.users, 2048):
             users = np.arange(lo, min(cfg.users, lo + 2048))
             shape = (len(users), self.hist_len)
             # Visual stage: a combo by exp(taste), then an item of that combo.
-            logits = sum(self.taste[j][users][:, combo_attrs[:, j]] for j in range(4))
-            logits = logits / cfg.behavior_visual_temp
-            logits[:, combo_count == 0] = -np.inf
-            p = np.exp(logits - logits.max(1, keepdims=True))
-            cdf = np.cumsum(p / p.sum(1, keepdims=True), 1)
             u = rng.random(shape)
-            combos = np.minimum((u[..., None] > cdf[:, None, :]).sum(-1), N_COMBOS - 1)
             pick = rng.random(shape)
+            if K == 1:
+                by_combo = visual(self.taste, users, combo_items, combo_start, combo_count, u, pick)
+            else:  # each behavior comes from one of the user's tastes
+                slot = mode_rng.integers(0, K, shape)
+                by_combo = np.empty(shape, np.int64)
+                sig = list(ATTRIBUTES).index(cfg.mode_signature)
+                for k in range(K):
+                    taste_k = [t[k] for t in self.mode_taste]
+                    # the user browsed taste k's items in signature value k
+                    taste_k[sig] = taste_k[sig].copy()
+                    taste_k[sig][:, k] += cfg.mode_signature_bonus
+                    drawn = visual(taste_k, users, *by_group[k], u, pick)
+                    by_combo = np.where(slot == k, drawn, by_combo)
             # Category stage (30%): an item of one of the user's favourite categories.
             fav = self.fav_cats[users][np.arange(len(users))[:, None], rng.integers(0, 3, shape)]
             from_cat = (rng.random(shape) < 0.3) & (cat_count[fav] > 0)
-            by_combo = combo_items[combo_start[combos] + (pick * combo_count[combos]).astype(np.int64)]
             by_cat = cat_items[cat_start[fav] + (pick * cat_count[fav]).astype(np.int64)]
             hist[users] = np.where(from_cat, by_cat, by_combo)
         self.history = hist
@@ -285,7 +368,7 @@ class World:
         attrs = self.item_attrs[ads]
         cats = self.item_category[ads]
         logit = (cfg.bias + self.ad_quality[ads] + self.visual_appeal(attrs)
-                 + self.visual_taste(users, attrs) + self.category_bonus(users, cats)
+                 + self.visual_taste(users, attrs, cats) + self.category_bonus(users, cats)
                  + self.gender_lean[cats] * (2 * self.gender[users] - 1)
                  - cfg.position_effect * position + self.hour_effect[hour])
         p_true = 1.0 / (1.0 + np.exp(-logit))
@@ -345,10 +428,13 @@ def _write_truth(world: World, out: Path) -> None:
         "is_new_ad": world.is_new_item,
     })
     pq.write_table(items, truth / "items.parquet")
+    modes = {}
+    if world.cfg.taste_modes > 1:  # (tastes, users, values) per attribute
+        modes = {f"mode_taste_{name}": world.mode_taste[j] for j, name in enumerate(ATTRIBUTES)}
     np.savez_compressed(truth / "users.npz", taste_shape=world.taste[0], taste_hue=world.taste[1],
                         taste_pattern=world.taste[2], taste_size=world.taste[3],
                         fav_cats=world.fav_cats, age=world.age, gender=world.gender,
-                        city=world.city)
+                        city=world.city, **modes)
 
 
 def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,

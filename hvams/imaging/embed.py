@@ -112,3 +112,31 @@ class PixelEmbedder:
 
     def stats(self) -> dict:
         return {"backbone_runs": self.backbone_runs, "feature_cache": self.features.stats()}
+
+
+class KeyEmbedder(PixelEmbedder):
+    """For a backbone that reads image keys, not pixels (``true-attributes``): no
+    store reads, no decoding, no feature cache; the same head and missing row."""
+
+    def __init__(self, model: ImageEmbedder, feature_cache: int = 0,
+                 runtime: Runtime | None = None, cache_bytes: int | None = None):
+        super().__init__(model, 0, runtime, cache_bytes)
+
+    def _lookup(self, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        feats, known = self.model.backbone.lookup(self.rt.index(np.asarray(keys, np.int64)),
+                                                  self.rt.dtype)
+        return feats, (known.cpu() if known.is_cuda else known).numpy()
+
+    def backbone_features(self, keys, pixels, valid):
+        return self._lookup(keys)[0]
+
+    def features_from(self, source: ImageSource, keys: np.ndarray):
+        with stage("image_compute"):
+            return self._lookup(keys)
+
+
+def embedder_for(model: ImageEmbedder, feature_cache: int = 200_000,
+                 runtime: Runtime | None = None, cache_bytes: int | None = None) -> PixelEmbedder:
+    """The embedder that feeds ``model``'s backbone what it reads: pixels or keys."""
+    cls = KeyEmbedder if getattr(model.backbone, "reads_keys", False) else PixelEmbedder
+    return cls(model, feature_cache, runtime, cache_bytes)

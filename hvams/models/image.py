@@ -5,8 +5,9 @@ depend on how images are split among servers) and torchvision's ``resnet18``,
 ``vgg16`` (cut at fc6 -> 4096-d, as in the paper) and ``mobilenet_v3_small``,
 with weights from a local file or random, frozen or trainable. Batch norm
 layers of torchvision backbones always use their running statistics, for the
-same reason. The head is an MLP, by default the paper's 256-64-12 on top of
-the backbone features.
+same reason. ``true-attributes`` (the quality ceiling, ``attributes.py``)
+reads an image key's true attributes instead of its pixels. The head is an
+MLP, by default the paper's 256-64-12 on top of the backbone features.
 """
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from .layers import mlp
 
 PAPER_HEAD = [256, 64]
 # Backbone output widths: known without building the network (vgg16 cut at fc6).
-FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576}
+FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576,
+                "true-attributes": 20}
 
 
 class SmallCNN(nn.Module):
@@ -91,6 +93,11 @@ class ImageEmbedder(nn.Module):
             self.backbone = SmallCNN()
             if weights:
                 self.backbone.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+        elif backbone == "true-attributes":
+            from .attributes import TrueAttributes
+
+            self.backbone = TrueAttributes(weights)
+            frozen = True  # a table, nothing to train
         else:
             self.backbone = torchvision_backbone(backbone, weights)
         self.frozen = frozen
@@ -128,7 +135,11 @@ def build_image_model(cfg) -> ImageEmbedder:
     from the worker model, so every strategy starts from the same weights)."""
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed + 7919)
-    model = ImageEmbedder(cfg.backbone, cfg.head, cfg.emb_dim, cfg.backbone_weights,
-                          cfg.freeze_backbone)
+    weights = cfg.backbone_weights
+    if cfg.backbone == "true-attributes" and not weights:
+        from .attributes import truth_file
+
+        weights = str(truth_file(cfg.data))
+    model = ImageEmbedder(cfg.backbone, cfg.head, cfg.emb_dim, weights, cfg.freeze_backbone)
     torch.random.set_rng_state(gen_state)
     return model

@@ -22,7 +22,7 @@ import torch
 
 from ..config import TrainConfig, load_config
 from ..data.schema import Schema
-from ..imaging.embed import PixelEmbedder
+from ..imaging.embed import embedder_for
 from ..imaging.source import ImageSource
 from ..models import build_model
 from ..models.image import build_image_model
@@ -61,7 +61,7 @@ def _embed_partitions(args) -> tuple[np.ndarray, np.ndarray, dict]:
     model = build_image_model(cfg)
     model.load_state_dict(state)
     model.eval()
-    embedder = PixelEmbedder(model, 0)
+    embedder = embedder_for(model, 0)
     store = ImageStore(root)
     source = ImageSource(store, cfg.image_size, cache=0, max_pixels=cfg.max_pixels)
     keys = np.array([k for p in parts for k, _ in store.iter_partition(p)], np.int64)

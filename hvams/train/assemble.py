@@ -9,7 +9,7 @@ from __future__ import annotations
 from ..config import TrainConfig
 from ..data.schema import Schema
 from ..embedding.shard import EmbeddingShard
-from ..imaging.embed import PixelEmbedder
+from ..imaging.embed import PixelEmbedder, embedder_for
 from ..imaging.local import LocalImages
 from ..imaging.payload import payload_spec
 from ..imaging.source import ImageSource
@@ -38,7 +38,7 @@ def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
 def image_embedder(cfg: TrainConfig, rt: Runtime) -> PixelEmbedder:
     """The shared image model on ``rt``'s device, with its feature cache."""
     budget = rt.cache_bytes(cfg.cache_bytes)
-    return PixelEmbedder(build_image_model(cfg), cfg.feature_cache, rt,
+    return embedder_for(build_image_model(cfg), cfg.feature_cache, rt,
                          None if budget is None else budget // 2)
 
 

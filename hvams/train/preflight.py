@@ -27,4 +27,8 @@ def preflight(cfg: TrainConfig) -> None:
         except FileNotFoundError as exc:
             key = "images" if cfg.images else "data"
             raise ConfigError(f"config key {key!r}: {exc}") from None
+    if cfg.uses_images and cfg.backbone == "true-attributes":
+        from ..models.attributes import TrueAttributes, truth_file
+
+        TrueAttributes(cfg.backbone_weights or truth_file(cfg.data))  # raises ConfigError
     check_devices(cfg)
