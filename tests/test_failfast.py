@@ -46,3 +46,36 @@ def test_watchdog_bounds_a_hang(tiny_world, tmp_path):
         res.output[-3000:]
     # and the other ranks' too (their own watchdogs, or the launcher's SIGTERM)
     assert res.output.count("Current thread 0x") >= 2, res.output[-3000:]
+
+
+def _can_unshare_mounts() -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(["unshare", "-m", "true"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+@pytest.mark.skipif(not _can_unshare_mounts(), reason="needs mount namespaces (root): unshare -m")
+def test_a_run_directory_not_shared_by_every_host_is_named(tiny_world, tmp_path):
+    """One rank (on fake host 'lonely') gets its own empty file system at OUT, as on a host
+    without the shared disk: every rank stops at start-up, and the message names the key,
+    the rank and its host."""
+    from hvams.distributed.launch import mpirun_command
+    from mpi_harness import py
+
+    out = tmp_path / "run"
+    out.mkdir()
+    argv = py("cli", "train", "--data", tiny_world, "--out", out, "--servers", "2", "--model",
+              "idonly", "--batch-size", "32", "--no-progress")
+    cmd = mpirun_command(4, argv, mpmd=[(3, {}), (1, {"HVAMS_NODE": "lonely"})])
+    last = len(cmd) - len(argv)  # the last group's argv: run it in a mount namespace of its own
+    cmd[last:] = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(out),
+                  *argv]
+    res = run_job(cmd, timeout=180)
+    assert not res.timed_out and res.returncode != 0, res.output[-3000:]
+    assert "config key 'out'" in res.output and "is not shared: ranks [3] on lonely" in res.output, \
+        res.output[-3000:]
+    assert "Traceback" not in res.output, res.output[-3000:]
+    assert not (out / "summary.json").exists()  # nothing trained

@@ -131,11 +131,12 @@ PRESETS = {
                          taste_favourite_attrs=("hue", "pattern"), ad_quality_std=0.1,
                          pretrain_size=64),
     # Two tastes per user; which one fires depends on the ad's category, which the ad's image
-    # does not show: the world where MQAP's ad-ID query should beat one image query.
-    "multimodal": WorldConfig(users=20_000, items=30_000, ads=30_000, categories=60, brands=800,
-                              shops=1500, train_days=2, samples_per_day=250_000,
-                              shape_weight=0.0, appeal_std=1.0, taste_std=0.15,
-                              taste_favourites=0.8, taste_favourite_attrs=("hue", "pattern"),
+    # does not show: the world where MQAP's ad-ID query beats one image query. Strong,
+    # conflicting tastes and 2,000 ads (each ad ID seen ~125 times a day, so its query trains).
+    "multimodal": WorldConfig(users=20_000, items=30_000, ads=2_000, categories=60, brands=800,
+                              shops=1500, train_days=1, samples_per_day=250_000,
+                              shape_weight=0.0, appeal_std=0.5, taste_std=0.15,
+                              taste_favourites=2.0, taste_favourite_attrs=("hue", "pattern"),
                               ad_quality_std=0.1, pretrain_size=64, taste_modes=2),
     # Paper-like traffic for `hvams bench comm`: 40 behavior images per sample,
     # batches of 3,000 samples per worker; bytes only, so no pretrained backbone.

@@ -7,6 +7,8 @@ training loop and send the commands: train, eval, checkpoint, stop
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -32,6 +34,33 @@ from .tensorboard import TensorBoardLog
 from .worker_role import run_worker
 
 
+
+def _lists(folder: Path, name: str) -> bool:
+    try:  # listing, not stat: it revalidates a cached directory on NFS
+        return name in os.listdir(folder)
+    except OSError:
+        return False
+
+
+def _require_shared_run_dir(topo, run_dir: Path) -> None:
+    """Every rank writes into the run directory (a server its checkpoint shard), so across
+    hosts it must be one shared directory: each rank must see the config.yaml rank 0 wrote.
+    Otherwise stop every rank at start-up, naming a host that cannot see it."""
+    deadline = time.monotonic() + 20  # a network file system may show a new file late
+    while not (ok := _lists(run_dir, "config.yaml")) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen = topo.world.allgather(ok)
+    blind = [r for r, ok in enumerate(seen) if not ok]
+    if blind:
+        hosts = sorted({topo.nodes[r] for r in blind})
+        if topo.rank == 0:
+            print(f"hvams: error: config key 'out': run directory {run_dir} is not shared: ranks "
+                  f"{blind} on {', '.join(hosts)} do not see the config.yaml that rank 0 wrote "
+                  f"on {topo.nodes[0]}. Every rank writes there (checkpoint shards, metrics): "
+                  "put it on a file system all hosts share", file=sys.stderr, flush=True)
+        finish(topo)  # every rank reached the same verdict: meet, stop Horovod, exit
+        sys.exit(2)
+
 def run_training(cfg: TrainConfig) -> dict | None:
     """Run the job on this rank; world rank 0 returns the run summary."""
     topo = build_topology(cfg.servers, cfg.placement)
@@ -51,6 +80,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
         print(f"hvams: {topo.size} ranks: servers {topo.server_ranks}, workers {topo.worker_ranks}",
               flush=True)
     topo.world.Barrier()
+    _require_shared_run_dir(topo, run_dir)
     if cfg.images and NODE_FIELD in cfg.images:  # a store placed per host (hvams images place)
         cfg = replace(cfg, images=cfg.images.replace(NODE_FIELD, topo.node))
     resume_dir = ckpt.latest_complete(run_dir) if cfg.resume else None
