@@ -3,7 +3,9 @@
 # then the GPU benchmarks of docs/benchmarks.md, everything written under $OUT.
 # Usage, from the project root: here, `cp -r ../shared/device .device-kit` and
 # `bash scripts/device_wheels.sh`; then one device call with carry [".device-kit", ".device-wheels"]:
-#   bash scripts/gpu_session.sh [tests|bench|all]     (default all)
+#   bash scripts/gpu_session.sh [tests|bench|quality|all]     (default all)
+# quality (not in all: it needs its own device call): dicm on the bench world's 4 training days
+# with a trainable backbone, small-cnn from the world's weights and resnet18 from random.
 set -euo pipefail
 what=${1:-all}
 OUT=${OUT:-/tmp/hvams-gpu}
@@ -29,5 +31,14 @@ if [ "$what" = bench ] || [ "$what" = all ]; then
     --out "$OUT/speed-vgg16" > "$OUT/speed-vgg16.log" 2>&1 || tail -20 "$OUT/speed-vgg16.log"
   python3 -m cli bench comm --data /tmp/paper --preset paper --device cuda --image-size 224 \
     --out "$OUT/comm-paper" > "$OUT/comm-paper.log" 2>&1 || tail -20 "$OUT/comm-paper.log"
+fi
+if [ "$what" = quality ]; then
+  python3 -m cli data synth --out /tmp/bench --preset bench > "$OUT/synth-bench.log" 2>&1
+  python3 -m cli bench quality --data /tmp/bench --device cuda --batch-size 512 --image-size 64 \
+    --train-backbone --seeds 0 --models "idonly,dicm mqap,true-attr" \
+    --out "$OUT/quality-trainable-small-cnn" > "$OUT/quality-small-cnn.log" 2>&1 || tail -20 "$OUT/quality-small-cnn.log"
+  python3 -m cli bench quality --data /tmp/bench --device cuda --batch-size 512 --image-size 64 \
+    --train-backbone --backbone resnet18 --seeds 0 --models "dicm mqap" \
+    --out "$OUT/quality-trainable-resnet18" > "$OUT/quality-resnet18.log" 2>&1 || tail -20 "$OUT/quality-resnet18.log"
 fi
 ls -R "$OUT" | head -50
