@@ -24,6 +24,11 @@ def truth_file(data: str | Path) -> Path:
     return Path(data) / TRUTH_FILE
 
 
+def table_of(cfg) -> str:
+    """The truth table ``cfg`` reads: ``backbone_weights``, else the data's own."""
+    return str(cfg.backbone_weights or truth_file(cfg.data))
+
+
 class TrueAttributes(nn.Module):
     """Image key -> one-hot true attributes; keys the truth does not know are invalid."""
 

@@ -136,10 +136,10 @@ def build_image_model(cfg) -> ImageEmbedder:
     gen_state = torch.random.get_rng_state()
     torch.manual_seed(cfg.seed + 7919)
     weights = cfg.backbone_weights
-    if cfg.backbone == "true-attributes" and not weights:
-        from .attributes import truth_file
+    if cfg.backbone == "true-attributes":
+        from .attributes import table_of
 
-        weights = str(truth_file(cfg.data))
+        weights = table_of(cfg)
     model = ImageEmbedder(cfg.backbone, cfg.head, cfg.emb_dim, weights, cfg.freeze_backbone)
     torch.random.set_rng_state(gen_state)
     return model

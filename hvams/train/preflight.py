@@ -28,7 +28,7 @@ def preflight(cfg: TrainConfig) -> None:
             key = "images" if cfg.images else "data"
             raise ConfigError(f"config key {key!r}: {exc}") from None
     if cfg.uses_images and cfg.backbone == "true-attributes":
-        from ..models.attributes import TrueAttributes, truth_file
+        from ..models.attributes import TrueAttributes, table_of
 
-        TrueAttributes(cfg.backbone_weights or truth_file(cfg.data))  # raises ConfigError
+        TrueAttributes(table_of(cfg))  # raises ConfigError
     check_devices(cfg)

@@ -34,7 +34,6 @@ from .tensorboard import TensorBoardLog
 from .worker_role import run_worker
 
 
-
 def _lists(folder: Path, name: str) -> bool:
     try:  # listing, not stat: it revalidates a cached directory on NFS
         return name in os.listdir(folder)
@@ -60,6 +59,7 @@ def _require_shared_run_dir(topo, run_dir: Path) -> None:
                   "put it on a file system all hosts share", file=sys.stderr, flush=True)
         finish(topo)  # every rank reached the same verdict: meet, stop Horovod, exit
         sys.exit(2)
+
 
 def run_training(cfg: TrainConfig) -> dict | None:
     """Run the job on this rank; world rank 0 returns the run summary."""
