@@ -53,11 +53,45 @@ def synth(out, preset_name, overwrite, **overrides):
     except (ValueError, FileExistsError) as exc:
         click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
+    click.echo(f"{_summary(out, info)}; peak RSS {info['peak_rss_mb']:.0f} MB")
+
+
+def _summary(out, info: dict) -> str:
     s, o = info["stats"], info["oracle"]
-    click.echo(f"wrote {out}: {s['samples']} samples ({info['config']['train_days']} train days + 1 "
-               f"test day), {s['images']} images, mean behaviors {s['mean_behaviors']:.1f}, "
-               f"CTR {s['ctr']:.3f}; oracle test AUC {o['test_auc']:.4f} GAUC {o['test_gauc']:.4f}; "
-               f"peak RSS {info['peak_rss_mb']:.0f} MB")
+    return (f"wrote {out}: {s['samples']} samples ({info['config']['train_days']} train days + 1 "
+            f"test day), {s['images']} images, mean behaviors {s['mean_behaviors']:.1f}, "
+            f"CTR {s['ctr']:.3f}; oracle test AUC {o['test_auc']:.4f} GAUC {o['test_gauc']:.4f}")
+
+
+@data.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--preset", "preset_name", type=click.Choice(["posters", "posters-tiny"]),
+              default="posters", show_default=True, help="Size of the world.")
+@click.option("--seed", type=int, default=None, help="World seed (default 0).")
+@click.option("--visitors", type=int, default=None)
+@click.option("--offers", type=int, default=None)
+@click.option("--days", "train_days", type=int, default=None, help="Training days (plus one test day).")
+@click.option("--samples-per-day", type=int, default=None)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+def posters(out, preset_name, overwrite, **overrides):
+    """Write the second, independent world: PIL-drawn posters, its own schema and signal.
+
+    Images come as JPEG files plus images.csv, ingested as `hvams images ingest --csv`
+    would; no backbone is pretrained for it (docs/data.md, "The posters world").
+
+    \b
+    Example:
+      hvams data posters --out data/posters
+    """
+    from hvams.data.posters import poster_preset, synthesize_posters
+
+    try:
+        info = synthesize_posters(out, poster_preset(preset_name, **overrides), overwrite=overwrite,
+                                  log=click.echo)
+    except (ValueError, FileExistsError) as exc:
+        click.echo(f"hvams: error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    click.echo(_summary(out, info))
 
 
 @main.group()
@@ -228,3 +262,85 @@ def place_cmd(store, servers, hostfile, hosts, out, copy):
         click.echo(f"{Path(out) / host}: {len(parts)} partitions"
                    + (f" ({parts[0]}..{parts[-1]})" if parts else " (no server here)"))
 
+
+@images.command("pretrain")
+@click.option("--store", required=True, type=click.Path(exists=True, file_okay=False),
+              help="Image store whose images the backbone learns from.")
+@click.option("--out", required=True, type=click.Path(dir_okay=False),
+              help="Where to write the small-cnn state dict (use as backbone_weights).")
+@click.option("--size", type=click.IntRange(min=8), default=32, show_default=True,
+              help="Side in pixels; train with the same image_size.")
+@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--batch", type=click.IntRange(min=8), default=256, show_default=True,
+              help="Images per step (each gives two views).")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)
+@click.option("--max-images", type=click.IntRange(min=1), help="Pretrain on a seeded sample of this many.")
+@click.option("--cluster-rounds", type=click.IntRange(min=0), default=1, show_default=True,
+              help="DeepCluster rounds after the contrastive stage (k-means pseudo-labels).")
+@click.option("--clusters", type=click.IntRange(min=2), default=256, show_default=True,
+              help="k of the cluster rounds (at most one per 8 images).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), help="Torch threads (fix it for the same weights everywhere).")
+@click.option("--probe", "truth", type=click.Path(exists=True, dir_okay=False),
+              help="Truth table (e.g. DATA/truth/items.parquet): print linear-probe accuracy per "
+                   "attribute, random init against pretrained.")
+def pretrain_cmd(store, out, size, epochs, batch, lr, cluster_rounds, clusters, max_images, seed,
+                 threads, truth):
+    """Pretrain small-cnn on the store's own images, without labels (SimCLR + clusters).
+
+    For images no available backbone was trained on: the result is a
+    backbone_weights file; train with --backbone small-cnn --freeze-backbone
+    at the same --image-size (docs/images.md, "A backbone for your own images").
+
+    \b
+    Example:
+      hvams images pretrain --store data/posters/images --out runs/posters-ssl.pt
+      hvams train --data data/posters --model dicm --backbone-weights runs/posters-ssl.pt \\
+        --freeze-backbone --image-size 32
+    """
+    from hvams.models.selfsup import pretrain_on_store
+
+    if Path(out).parent and not Path(out).parent.exists():
+        Path(out).parent.mkdir(parents=True)
+    try:
+        result = pretrain_on_store(store, out, size, epochs, batch, lr,
+                                   cluster_rounds=cluster_rounds, clusters=clusters,
+                                   max_images=max_images, seed=seed, threads=threads, log=click.echo)
+    except (ValueError, FileNotFoundError) as exc:
+        click.echo(f"hvams: error: {exc}", err=True)
+        raise SystemExit(EXIT_USAGE)
+    click.echo(f"wrote {out}: small-cnn pretrained on {result['images']} images at {size} px, "
+               f"{epochs} contrastive epochs (loss {result['loss_first']:.3f} -> "
+               f"{result['loss_last']:.3f}), {cluster_rounds} cluster round(s) of "
+               f"{result['clusters']}, {result['seconds']:.0f} s")
+    if truth:
+        _probe_report(store, out, truth, size, max_images, seed)
+
+
+def _probe_report(store, weights, truth, size, max_images, seed):
+    import numpy as np
+    import pyarrow.parquet as pq
+    import torch
+
+    from hvams.models.attributes import attributes_of
+    from hvams.models.image import SmallCNN
+    from hvams.models.selfsup import backbone_features, linear_probe, load_store_pixels
+
+    pixels, ids, _ = load_store_pixels(store, size, max_images, seed, 4096 * 4096)
+    names = list(attributes_of(truth))
+    table = pq.read_table(truth, columns=["image_id", *names])
+    image_ids = np.asarray(table["image_id"], np.int64)
+    keys, first = np.unique(image_ids, return_index=True)
+    pos = np.searchsorted(keys, ids).clip(max=len(keys) - 1)
+    known = keys[pos] == ids
+    if not known.any():
+        click.echo(f"hvams: error: --probe {truth}: none of the store's images is in it", err=True)
+        raise SystemExit(EXIT_USAGE)
+    labels = np.stack([np.asarray(table[n], np.int64)[first][pos[known]] for n in names], 1)
+    pixels = pixels[torch.from_numpy(known)]
+    torch.manual_seed(seed)
+    random_net, trained = SmallCNN(), SmallCNN()
+    trained.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    for label, net in (("random init", random_net), ("pretrained", trained)):
+        acc = linear_probe(backbone_features(net, pixels), labels, names, seed)
+        click.echo(f"linear probe, {label}: " + ", ".join(f"{n} {a:.3f}" for n, a in acc.items()))

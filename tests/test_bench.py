@@ -98,14 +98,19 @@ def test_bench_quality_matches_the_runs(tiny_world, tmp_path):
     # the ceiling run read the truth, not pixels; efficiency is per seed against it
     cfg = (out / "true-attr-seed1" / "config.yaml").read_text()
     assert "backbone: true-attributes" in cfg and "small-cnn.pt" not in cfg
-    effs = []
+    effs, gains = [], []
     for seed in (0, 1):
         auc = {n: json.loads((out / f"{n.replace(' ', '-')}-seed{seed}" / "metrics.jsonl")
                              .read_text().splitlines()[-1])["auc"] for n in final}
-        effs.append((auc["dicm mqap"] - auc["idonly"]) / (auc["true-attr"] - auc["idonly"]))
-    assert r["table"]["dicm mqap"]["reading_efficiency"][0] == pytest.approx(sum(effs) / 2)
+        gains.append(auc["true-attr"] - auc["idonly"])
+        effs.append((auc["dicm mqap"] - auc["idonly"]) / gains[-1])
+    if min(gains) > 0:
+        assert r["table"]["dicm mqap"]["reading_efficiency"][0] == pytest.approx(sum(effs) / 2)
+        assert "mqap_image_reading_efficiency_90pct" in r["targets"]
+    else:  # the ceiling did not beat ID-only in a seed: no share of it is reported
+        assert r["table"]["dicm mqap"]["reading_efficiency"] is None
+        assert "mqap_image_reading_efficiency_90pct" not in r["targets"]
     assert "reading_efficiency" not in r["table"]["true-attr"]
-    assert "mqap_image_reading_efficiency_90pct" in r["targets"]
     md = (out / "quality.md").read_text()
     assert "| model | test AUC |" in md and "image-reading efficiency" in md
     assert "mqap_closes_80pct_of_gap" in r["targets"]
@@ -135,3 +140,25 @@ def test_finished_run_is_reused_only_for_the_same_config(tiny_world, tmp_path):
     assert finished_run(replace(cfg, step_timeout=5, progress=True), 60) is not None
     assert finished_run(replace(cfg, seed=1), 60) is None
     assert finished_run(replace(cfg, eval_every=10), 60) is None
+
+
+def test_no_efficiency_against_a_ceiling_that_does_not_beat_id_only():
+    from hvams.bench.quality import format_quality, quality_table, targets
+
+    def run(*aucs):
+        return {s: {"final": {"auc": a, "gauc": a, "new_ad_auc": a, "oracle_auc": 0.8}}
+                for s, a in enumerate(aucs)}
+
+    runs = {"idonly": run(0.70, 0.70), "dicm mqap": run(0.72, 0.71), "true-attr": run(0.74, 0.69)}
+    table = quality_table(runs, [0, 1])
+    assert table["dicm mqap"]["reading_efficiency"] is None  # seed 1's ceiling lost to ID-only
+    assert table["dicm mqap"]["gap_closed"][0] == pytest.approx((0.2 + 0.1) / 2)
+    assert "mqap_image_reading_efficiency_90pct" not in targets(table)
+    runs["true-attr"] = run(0.74, 0.72)
+    assert table_eff(quality_table(runs, [0, 1])) == pytest.approx((0.5 + 0.5) / 2)
+    md = format_quality({"table": table, "seeds": [0, 1], "targets": targets(table)})
+    assert "| dicm mqap |" in md and "| – | – |" in md
+
+
+def table_eff(table):
+    return table["dicm mqap"]["reading_efficiency"][0]

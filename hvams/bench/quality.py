@@ -76,9 +76,13 @@ def run_quality(base: TrainConfig, ranks: int, seeds: list[int], models: list[st
 
 
 def _gain_share(by_seed: dict, base: dict, ref: dict, seeds: list[int], metric: str):
-    """Per seed (model - ID-only) / (ref - ID-only) of ``metric``: mean ± std."""
-    return _mean_std([(by_seed[s]["final"][metric] - base[s]["final"][metric])
-                      / (ref[s]["final"][metric] - base[s]["final"][metric]) for s in seeds])
+    """Per seed (model - ID-only) / (ref - ID-only) of ``metric``: mean ± std; None where
+    the reference does not beat ID-only in some seed (a share of nothing is no figure)."""
+    gains = [ref[s]["final"][metric] - base[s]["final"][metric] for s in seeds]
+    if min(gains) <= 0:
+        return None
+    return _mean_std([(by_seed[s]["final"][metric] - base[s]["final"][metric]) / g
+                      for s, g in zip(seeds, gains)])
 
 
 def quality_table(runs: dict, seeds: list[int]) -> dict:
@@ -113,7 +117,7 @@ def targets(table: dict) -> dict:
         out["mqap_closes_80pct_of_gap"] = {"value": mq["gap_closed"][0], "holds": mq["gap_closed"][0] >= 0.8}
         ratio = mq["new_ad_gain"] / mq["auc_gain"] if mq["auc_gain"] else float("nan")
         out["new_ad_gain_3x_overall"] = {"value": ratio, "holds": ratio >= 3}
-        if "reading_efficiency" in mq:
+        if mq.get("reading_efficiency"):
             eff = mq["reading_efficiency"][0]
             out["mqap_image_reading_efficiency_90pct"] = {"value": eff, "holds": eff >= 0.9}
     order = [n for n in ("dicm mqap", "dicm attentive", "dicm sum") if n in table]
@@ -133,7 +137,7 @@ def targets(table: dict) -> dict:
 def breakdown(table: dict) -> dict | None:
     """Split the ID-only -> oracle gap: the ID half and training (oracle - ceiling),
     and the image half (ceiling - DICM MQAP), as shares of the gap."""
-    if CEILING not in table or "dicm mqap" not in table:
+    if CEILING not in table or "dicm mqap" not in table or table[CEILING]["gap_closed"] is None:
         return None
     base, top = table["idonly"]["auc"][0], table["idonly"]["oracle_auc"]
     ceil, mq = table[CEILING]["auc"][0], table["dicm mqap"]["auc"][0]

@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import math
 import resource
-import shutil
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
@@ -34,6 +33,7 @@ from tqdm import tqdm
 
 from ..keys import image_key_id
 from ..metrics import auc, gauc
+from .layout import Lists, fresh_dir
 from .render import ATTRIBUTES, encode, render
 from .schema import default_schema
 
@@ -376,17 +376,10 @@ class World:
         click = (rng.random(n) < p_true).astype(np.int8)
         # Behaviors: the user's history window for this day, newest first.
         start = (cfg.train_days - day) * self.day_shift
-        lengths = self.beh_len[users]
-        offsets = np.zeros(n + 1, np.int64)
-        np.cumsum(lengths, out=offsets[1:])
-        row_of = np.repeat(np.arange(n), lengths)
-        pos_in = np.arange(offsets[-1]) - offsets[row_of]
-        beh = self.history[users[row_of], start + pos_in]
+        lists = Lists(self.beh_len[users])
+        beh = self.history[users[lists.row], start + lists.pos]
         beh_image = self.image_ids[self.item_image_index[beh]]
-        off32 = pa.array(offsets.astype(np.int32))
-
-        def lst(values):
-            return pa.ListArray.from_arrays(off32, pa.array(values))
+        lst = lists.column
 
         return pa.table({
             "day": pa.array(np.full(n, day, np.int32)),
@@ -443,12 +436,7 @@ def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
     """Write the Parquet days, the image store and ``world.json`` under ``out``."""
     from ..store.ingest import ingest
 
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        if not overwrite:
-            raise FileExistsError(f"{out} is not empty; pass --overwrite to replace it")
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = fresh_dir(out, overwrite)
     world = World(cfg)
     schema = default_schema(cfg.max_behaviors)
     schema.save(out)

@@ -9,14 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..models.image import FEATURE_DIMS
 
-
-def payload_spec(backbone: str, frozen: bool, image_size: int, feature_dtype=np.float32
+def payload_spec(feature_dim: int, frozen: bool, image_size: int, feature_dtype=np.float32
                  ) -> tuple[int, np.dtype]:
-    """(row width, dtype) of the payload for this image model."""
+    """(row width, dtype) of the payload for an image model with ``feature_dim`` features."""
     if frozen:
-        return FEATURE_DIMS[backbone] + 1, np.dtype(feature_dtype)
+        return feature_dim + 1, np.dtype(feature_dtype)
     return 3 * image_size ** 2 + 1, np.dtype(np.uint8)
 
 

@@ -2,7 +2,9 @@
 
 Instead of reading pixels it looks an image key up in the synthetic world's
 ``truth/items.parquet`` and returns the one-hot of the image's true visual
-attributes (shape, hue, pattern, size: 20-d). The head on top is the image
+attributes: those the table's ``hvams.attributes`` metadata names (a JSON
+object attribute -> number of values; the posters world writes it), else the
+built-in world's shape, hue, pattern and size (20-d). The head on top is the image
 model's usual one, so the image embedding becomes a learned embedding of the
 true attributes: what the same DICM could reach if it read images perfectly.
 """
@@ -17,7 +19,7 @@ from torch import nn
 from ..data.render import ATTRIBUTES
 
 TRUTH_FILE = "truth/items.parquet"
-WIDTH = sum(ATTRIBUTES.values())
+META_KEY = b"hvams.attributes"
 
 
 def truth_file(data: str | Path) -> Path:
@@ -29,10 +31,24 @@ def table_of(cfg) -> str:
     return str(cfg.backbone_weights or truth_file(cfg.data))
 
 
+def attributes_of(path: str | Path) -> dict[str, int]:
+    """Attribute -> number of values of a truth table (its metadata, else the built-in's)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    meta = pq.read_schema(path).metadata or {}
+    return json.loads(meta[META_KEY]) if META_KEY in meta else dict(ATTRIBUTES)
+
+
+def width_of(path: str | Path) -> int:
+    """Width of the one-hot features of a truth table."""
+    return sum(attributes_of(path).values())
+
+
 class TrueAttributes(nn.Module):
     """Image key -> one-hot true attributes; keys the truth does not know are invalid."""
 
-    out_dim = WIDTH
     reads_keys = True  # the embedder passes keys, not pixels
 
     def __init__(self, path: str | Path):
@@ -42,28 +58,36 @@ class TrueAttributes(nn.Module):
         from ..config import ConfigError
 
         path = Path(path)
-        need = ["image_id", *ATTRIBUTES]
         try:
+            attrs = attributes_of(path)
+            need = ["image_id", *attrs]
             table = pq.read_table(path, columns=need)
         except FileNotFoundError:
             raise ConfigError(f"config key 'backbone_weights': backbone true-attributes needs the "
                               f"world's truth table, and {path} does not exist") from None
         except (KeyError, ValueError, OSError) as exc:
             raise ConfigError(f"config key 'backbone_weights': {path} is not a truth table with "
-                              f"columns {need}: {exc}") from None
+                              f"an image_id column and attribute columns: {exc}") from None
         ids = np.asarray(table["image_id"], np.int64)
         keys, first = np.unique(ids, return_index=True)
-        offsets = np.cumsum([0, *list(ATTRIBUTES.values())[:-1]])
-        cols = np.stack([np.asarray(table[a], np.int64)[first] for a in ATTRIBUTES], 1) + offsets
+        offsets = np.cumsum([0, *list(attrs.values())[:-1]])
+        cols = np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
+        bad = [a for j, (a, k) in enumerate(attrs.items()) if not (0 <= cols[:, j]).all()
+               or not (cols[:, j] < k).all()]
+        if bad:
+            raise ConfigError(f"config key 'backbone_weights': {path}: attribute(s) {bad} have "
+                              f"values outside 0..(number of values - 1) of {attrs}")
+        cols = cols + offsets
+        self.out_dim = sum(attrs.values())
         # Not state: the checkpoint holds the head, the table stays in the data directory.
         self.register_buffer("keys", torch.from_numpy(keys), persistent=False)
         self.register_buffer("cols", torch.from_numpy(cols), persistent=False)
 
     def lookup(self, keys: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """(k, 20) one-hot features in ``dtype`` and a (k,) bool mask of known keys."""
+        """(k, out_dim) one-hot features in ``dtype`` and a (k,) bool mask of known keys."""
         pos = torch.searchsorted(self.keys, keys).clamp_(max=len(self.keys) - 1)
         known = self.keys.index_select(0, pos) == keys
-        out = torch.zeros((len(keys), WIDTH), dtype=dtype, device=keys.device)
+        out = torch.zeros((len(keys), self.out_dim), dtype=dtype, device=keys.device)
         rows = torch.nonzero(known).squeeze(1)
         cols = self.cols.index_select(0, pos.index_select(0, rows))
         out[rows.unsqueeze(1).expand_as(cols), cols] = 1

@@ -19,7 +19,7 @@ from .layers import mlp
 PAPER_HEAD = [256, 64]
 # Backbone output widths: known without building the network (vgg16 cut at fc6).
 FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576,
-                "true-attributes": 20}
+                "true-attributes": 20}  # true-attributes: the built-in world's (feature_dim_of)
 
 
 class SmallCNN(nn.Module):
@@ -128,6 +128,15 @@ class ImageEmbedder(nn.Module):
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
+
+
+def feature_dim_of(cfg) -> int:
+    """Backbone output width of ``cfg`` (true-attributes: its truth table's one-hot width)."""
+    if cfg.backbone == "true-attributes":
+        from .attributes import table_of, width_of
+
+        return width_of(table_of(cfg))
+    return FEATURE_DIMS[cfg.backbone]
 
 
 def build_image_model(cfg) -> ImageEmbedder:

@@ -13,7 +13,7 @@ from ..imaging.embed import PixelEmbedder, embedder_for
 from ..imaging.local import LocalImages
 from ..imaging.payload import payload_spec
 from ..imaging.source import ImageSource
-from ..models.image import build_image_model
+from ..models.image import build_image_model, feature_dim_of
 from ..roles.channels import EmbeddingChannel, id_channel, image_channel
 from ..roles.image_channels import AmsImageChannel, PixelChannel
 from ..runtime import Runtime, wire_dtype
@@ -30,7 +30,7 @@ def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
         if cfg.strategy == "ams":
             specs.append(image_channel(P, cfg.emb_dim, dtype))
         else:  # store-in-server: pixels or frozen-backbone features, plus validity
-            width, payload = payload_spec(cfg.backbone, cfg.freeze_backbone, cfg.image_size, dtype)
+            width, payload = payload_spec(feature_dim_of(cfg), cfg.freeze_backbone, cfg.image_size, dtype)
             specs.append(image_channel(P, width, payload, trainable=False))
     return specs
 
