@@ -1,7 +1,6 @@
 """``hvams images pretrain``: contrastive pretraining on the store's own images."""
 import numpy as np
 import pyarrow.parquet as pq
-import pytest
 import torch
 from click.testing import CliRunner
 
