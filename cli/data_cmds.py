@@ -298,45 +298,40 @@ def pretrain_cmd(store, out, size, epochs, batch, lr, cluster_rounds, clusters, 
       hvams train --data data/posters --model dicm --backbone-weights runs/posters-ssl.pt \\
         --freeze-backbone --image-size 32
     """
-    from hvams.models.selfsup import pretrain_on_store
+    import time
 
-    if Path(out).parent and not Path(out).parent.exists():
-        Path(out).parent.mkdir(parents=True)
+    from hvams.models.selfsup import load_store_pixels, pretrain_on_pixels
+
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
     try:
-        result = pretrain_on_store(store, out, size, epochs, batch, lr,
-                                   cluster_rounds=cluster_rounds, clusters=clusters,
-                                   max_images=max_images, seed=seed, threads=threads, log=click.echo)
+        pixels, ids, bad = load_store_pixels(store, size, max_images, seed, 4096 * 4096)
     except (ValueError, FileNotFoundError) as exc:
         click.echo(f"hvams: error: {exc}", err=True)
         raise SystemExit(EXIT_USAGE)
+    click.echo(f"pretrain: {len(pixels)} images at {size} px"
+               + (f", {bad} undecodable skipped" if bad else ""))
+    result = pretrain_on_pixels(pixels, out, epochs, batch, lr, cluster_rounds=cluster_rounds,
+                                clusters=clusters, seed=seed, threads=threads, log=click.echo)
     click.echo(f"wrote {out}: small-cnn pretrained on {result['images']} images at {size} px, "
                f"{epochs} contrastive epochs (loss {result['loss_first']:.3f} -> "
                f"{result['loss_last']:.3f}), {cluster_rounds} cluster round(s) of "
-               f"{result['clusters']}, {result['seconds']:.0f} s")
+               f"{result['clusters']}, {time.perf_counter() - t0:.0f} s")
     if truth:
-        _probe_report(store, out, truth, size, max_images, seed)
+        _probe_report(pixels, ids, out, truth, seed)
 
 
-def _probe_report(store, weights, truth, size, max_images, seed):
-    import numpy as np
-    import pyarrow.parquet as pq
+def _probe_report(pixels, ids, weights, truth, seed):
     import torch
 
-    from hvams.models.attributes import attributes_of
+    from hvams.models.attributes import attribute_labels
     from hvams.models.image import SmallCNN
-    from hvams.models.selfsup import backbone_features, linear_probe, load_store_pixels
+    from hvams.models.selfsup import backbone_features, linear_probe
 
-    pixels, ids, _ = load_store_pixels(store, size, max_images, seed, 4096 * 4096)
-    names = list(attributes_of(truth))
-    table = pq.read_table(truth, columns=["image_id", *names])
-    image_ids = np.asarray(table["image_id"], np.int64)
-    keys, first = np.unique(image_ids, return_index=True)
-    pos = np.searchsorted(keys, ids).clip(max=len(keys) - 1)
-    known = keys[pos] == ids
+    names, labels, known = attribute_labels(truth, ids)
     if not known.any():
         click.echo(f"hvams: error: --probe {truth}: none of the store's images is in it", err=True)
         raise SystemExit(EXIT_USAGE)
-    labels = np.stack([np.asarray(table[n], np.int64)[first][pos[known]] for n in names], 1)
     pixels = pixels[torch.from_numpy(known)]
     torch.manual_seed(seed)
     random_net, trained = SmallCNN(), SmallCNN()

@@ -1,14 +1,14 @@
 """``hvams images pretrain``: contrastive pretraining on the store's own images."""
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from click.testing import CliRunner
 
 from cli.main import main
 from hvams.data.posters import TRAITS, poster_preset, synthesize_posters
+from hvams.models.attributes import attribute_labels
 from hvams.models.image import SmallCNN
 from hvams.models.selfsup import (augment, backbone_features, linear_probe, load_store_pixels,
-                                  nt_xent, pretrain_on_store)
+                                  nt_xent, pretrain_on_pixels)
 
 
 def test_nt_xent_rewards_matching_views():
@@ -33,21 +33,19 @@ def test_pretraining_on_the_store_reads_more_than_random_weights(tmp_path):
     network at random init."""
     synthesize_posters(tmp_path / "w", poster_preset("posters-tiny", visitors=200,
                                                      samples_per_day=500), log=lambda m: None)
-    weights = tmp_path / "ssl.pt"
-    result = pretrain_on_store(str(tmp_path / "w" / "images"), str(weights), size=32, epochs=30,
-                               batch=64, clusters=64, seed=0, threads=2, log=lambda m: None)
-    assert result["images"] == 1500 and result["loss_last"] < result["loss_first"]
-    assert result["clusters"] == 64 and result["cluster_rounds"] == 1
     pixels, ids, bad = load_store_pixels(str(tmp_path / "w" / "images"), 32, None, 0, 1 << 24)
     assert bad == 0
-    truth = pq.read_table(tmp_path / "w" / "truth" / "items.parquet")
-    order = np.argsort(np.asarray(truth["image_id"]))
-    pos = order[np.searchsorted(np.asarray(truth["image_id"])[order], ids)]
-    labels = np.stack([np.asarray(truth[t])[pos] for t in TRAITS], 1)
+    weights = tmp_path / "ssl.pt"
+    result = pretrain_on_pixels(pixels, str(weights), epochs=30, batch=64, clusters=64, seed=0,
+                                threads=2, log=lambda m: None)
+    assert result["images"] == 1500 and result["loss_last"] < result["loss_first"]
+    assert result["clusters"] == 64 and result["cluster_rounds"] == 1
+    names, labels, known = attribute_labels(tmp_path / "w" / "truth" / "items.parquet", ids)
+    assert names == list(TRAITS) and known.all()
     torch.manual_seed(0)
     nets = {"random": SmallCNN(), "pretrained": SmallCNN()}
     nets["pretrained"].load_state_dict(torch.load(weights, weights_only=True))
-    acc = {k: linear_probe(backbone_features(n, pixels), labels, list(TRAITS)) for k, n in nets.items()}
+    acc = {k: linear_probe(backbone_features(n, pixels), labels, names) for k, n in nets.items()}
     for trait in ("hatch", "count"):
         assert acc["pretrained"][trait] > acc["random"][trait] + 0.05, acc
 

@@ -48,14 +48,14 @@ def mean_behaviors(cfg: TrainConfig, rows: int) -> float:
 def per_image_bytes(cfg: TrainConfig) -> list[dict]:
     """Bytes of one image in each form, with the compression against 4096-d features."""
     stats = store_stats(cfg.images_dir)
-    width_px, _ = payload_spec(feature_dim_of(cfg), False, cfg.image_size)
+    features = feature_dim_of(cfg)
+    width_px, _ = payload_spec(features, False, cfg.image_size)
     rows = [("raw JPEG/PNG (mean in the store)", stats["mean_bytes"]),
             (f"decoded tensor, {cfg.image_size}x{cfg.image_size} uint8 (+1 validity byte)", width_px),
             (f"decoded tensor, {cfg.image_size}x{cfg.image_size} fp32", 3 * cfg.image_size ** 2 * 4),
             ("vgg16 fc6 features, 4096-d fp32", PAPER_PER_IMAGE)]
     if cfg.backbone != "vgg16":
-        rows.append((f"{cfg.backbone} features, {feature_dim_of(cfg)}-d fp32",
-                     feature_dim_of(cfg) * 4))
+        rows.append((f"{cfg.backbone} features, {features}-d fp32", features * 4))
     rows += [(f"AMS embedding, {cfg.emb_dim}-d fp32 (one way)", cfg.emb_dim * 4),
              ("AMS round trip: 8 B key + embedding + gradient", 8 + 2 * cfg.emb_dim * 4)]
     return [{"form": name, "bytes": float(b), "x_smaller_than_4096d": PAPER_PER_IMAGE / b}

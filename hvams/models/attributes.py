@@ -41,6 +41,24 @@ def attributes_of(path: str | Path) -> dict[str, int]:
     return json.loads(meta[META_KEY]) if META_KEY in meta else dict(ATTRIBUTES)
 
 
+def read_truth(path: str | Path) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """(attributes, sorted unique image ids, (ids, attributes) int64 values) of a truth table."""
+    import pyarrow.parquet as pq
+
+    attrs = attributes_of(path)
+    table = pq.read_table(path, columns=["image_id", *attrs])
+    keys, first = np.unique(np.asarray(table["image_id"], np.int64), return_index=True)
+    return attrs, keys, np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
+
+
+def attribute_labels(path: str | Path, ids: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(attribute names, (known ids, attributes) values, bool mask of ``ids`` the table knows)."""
+    attrs, keys, values = read_truth(path)
+    pos = np.searchsorted(keys, ids).clip(max=len(keys) - 1)
+    known = keys[pos] == ids
+    return list(attrs), values[pos[known]], known
+
+
 def width_of(path: str | Path) -> int:
     """Width of the one-hot features of a truth table."""
     return sum(attributes_of(path).values())
@@ -53,25 +71,18 @@ class TrueAttributes(nn.Module):
 
     def __init__(self, path: str | Path):
         super().__init__()
-        import pyarrow.parquet as pq
-
         from ..config import ConfigError
 
         path = Path(path)
         try:
-            attrs = attributes_of(path)
-            need = ["image_id", *attrs]
-            table = pq.read_table(path, columns=need)
+            attrs, keys, cols = read_truth(path)
         except FileNotFoundError:
             raise ConfigError(f"config key 'backbone_weights': backbone true-attributes needs the "
                               f"world's truth table, and {path} does not exist") from None
         except (KeyError, ValueError, OSError) as exc:
             raise ConfigError(f"config key 'backbone_weights': {path} is not a truth table with "
                               f"an image_id column and attribute columns: {exc}") from None
-        ids = np.asarray(table["image_id"], np.int64)
-        keys, first = np.unique(ids, return_index=True)
         offsets = np.cumsum([0, *list(attrs.values())[:-1]])
-        cols = np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
         bad = [a for j, (a, k) in enumerate(attrs.items()) if not (0 <= cols[:, j]).all()
                or not (cols[:, j] < k).all()]
         if bad:

@@ -102,22 +102,17 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def pretrain_on_store(store_dir: str, out: str, size: int = 32, epochs: int = 30,
-                      batch: int = 256, lr: float = 2e-3, temperature: float = 0.2,
-                      cluster_rounds: int = 1, clusters: int = 256, cluster_epochs: int = 10,
-                      max_images: int | None = None, seed: int = 0,
-                      max_pixels: int = 4096 * 4096, threads: int | None = None,
-                      log=print) -> dict:
-    """Pretrain ``small-cnn`` on the store's images (contrastive, then cluster rounds);
-    save its state dict to ``out``. Seeded: with ``threads`` fixed, the same weights on
-    any machine."""
+def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: int = 256,
+                       lr: float = 2e-3, temperature: float = 0.2, cluster_rounds: int = 1,
+                       clusters: int = 256, cluster_epochs: int = 10, seed: int = 0,
+                       threads: int | None = None, log=print) -> dict:
+    """Pretrain ``small-cnn`` on uint8 ``pixels`` (n, 3, s, s); save its state dict to ``out``.
+    Seeded: with ``threads`` fixed, the same weights on any machine."""
     old = torch.get_num_threads()
     if threads:
         torch.set_num_threads(threads)
     try:
         t0 = time.perf_counter()
-        pixels, ids, bad = load_store_pixels(store_dir, size, max_images, seed, max_pixels)
-        log(f"pretrain: {len(pixels)} images at {size} px" + (f", {bad} undecodable skipped" if bad else ""))
         torch.manual_seed(seed)
         gen = torch.Generator().manual_seed(seed)
         backbone = SmallCNN()
@@ -132,7 +127,7 @@ def pretrain_on_store(store_dir: str, out: str, size: int = 32, epochs: int = 30
         for epoch in range(epochs):
             perm = torch.randperm(len(pixels), generator=gen)
             total, n = 0.0, 0
-            for lo in range(0, len(perm) - batch + 1 if len(perm) >= batch else 1, batch):
+            for lo in range(0, max(1, len(perm) - batch + 1), batch):  # full batches only
                 x = x_all[perm[lo:lo + batch]]
                 loss = nt_xent(project(backbone(gen_views(x))), project(backbone(gen_views(x))),
                                temperature)
@@ -148,7 +143,7 @@ def pretrain_on_store(store_dir: str, out: str, size: int = 32, epochs: int = 30
             cluster_round(backbone, x_all, k, cluster_epochs, batch, lr, gen, seed + r,
                           lambda m: log(f"cluster round {r + 1}/{cluster_rounds}: {m}"))
         torch.save(backbone.state_dict(), out)
-        return {"images": len(pixels), "skipped": bad, "size": size, "epochs": epochs,
+        return {"images": len(pixels), "size": pixels.shape[-1], "epochs": epochs,
                 "cluster_rounds": cluster_rounds, "clusters": k,
                 "loss_first": losses[0], "loss_last": losses[-1], "seconds": time.perf_counter() - t0}
     finally:
