@@ -289,13 +289,16 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--variant", "variants", multiple=True, type=click.Choice(["frozen", "trainable"]),
               help="Backbone variants (default both; the paper preset: frozen).")
+@click.option("--strategy", "strategies", multiple=True,
+              type=click.Choice(["store-in-worker", "store-in-server", "ams"]),
+              help="Strategies to run (default all three).")
 @click.option("--preset", type=click.Choice(["paper"]),
               help="paper: the paper's batch shape (bench comm's preset: 3,000 samples per worker, "
                    "~40 behavior images each, frozen vgg16 fc6 at 32 px).")
 @click.option("--chart", type=click.Path(dir_okay=False), help="Write the slowdown chart (PNG) here.")
 @_guard
-def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, preset, chart, timeout,
-            **opts):
+def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategies, preset, chart,
+            timeout, **opts):
     """The three strategies on fake hosts with limited links: samples/s, bytes, slowdown.
 
     Needs root (network namespaces). See docs/cluster.md for the fake cluster.
@@ -305,6 +308,7 @@ def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, preset, c
       hvams bench network --data data/demo --batch-size 256 --out runs/bench/network \\
         --chart docs/img/network.png
     """
+    from hvams.bench.comm import STRATEGIES
     from hvams.bench.network import format_network, run_network
 
     extra = {"model": "dicm"}
@@ -315,7 +319,8 @@ def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, preset, c
     out = Path(out or "runs/bench/network")
     rate_list = [r.strip() for r in rates.split(",") if r.strip()]
     result = run_network(cfg, hosts, ranks or 6, steps, warmup, rounds, out, rate_list,
-                         list(variants) or ["frozen", "trainable"], timeout)
+                         list(variants) or ["frozen", "trainable"], timeout,
+                         list(strategies) or list(STRATEGIES))
     _finish(out, "network", format_network(result))
     if chart:
         from hvams.bench.charts import network_chart

@@ -7,6 +7,7 @@ runs' own metrics.
 """
 import json
 import math
+import shutil
 
 import pytest
 
@@ -138,6 +139,9 @@ def test_finished_run_is_reused_only_for_the_same_config(tiny_world, tmp_path):
     done = finished_run(cfg, 60)
     assert done["summary"] == {"steps": 3} and done["metrics"] == [{"auc": 0.7}]
     assert finished_run(replace(cfg, step_timeout=5, progress=True), 60) is not None
+    moved = tmp_path / "moved"
+    shutil.copytree(cfg.out, moved)  # a bench directory moved elsewhere is still reused
+    assert finished_run(replace(cfg, out=str(moved)), 60)["out"] == str(moved)
     assert finished_run(replace(cfg, seed=1), 60) is None
     assert finished_run(replace(cfg, eval_every=10), 60) is None
 

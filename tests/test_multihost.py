@@ -170,11 +170,16 @@ def test_bench_network_runs_on_its_own_fake_cluster_and_tears_it_down(cluster, t
     out, chart = tmp_path / "net", tmp_path / "net.png"
     res = run_job(py("cli", "bench", "network", "--data", tiny_world, "--batch-size", 64,
                      "--steps", 3, "--warmup", 1, "--rounds", 1, "--rates", "unlimited,100mbit",
-                     "--variant", "frozen", "--out", out, "--chart", chart), timeout=900)
+                     "--variant", "frozen", "--strategy", "store-in-server", "--strategy", "ams",
+                     "--out", out, "--chart", chart), timeout=900)
     assert not res.timed_out and res.returncode == 0, res.output[-3000:]
     r = json.loads((out / "network.json").read_text())
     rows = r["table"]["frozen"]
-    assert set(rows) == {"store-in-worker", "store-in-server", "ams"} and r["hosts"] == 3
+    assert set(rows) == {"store-in-server", "ams"} and r["hosts"] == 3
+    ratio = rows["ams"]["vs_store_in_server"]
+    for rate in ("unlimited", "100mbit"):
+        assert ratio[rate] == pytest.approx(rows["ams"][rate]["median"]
+                                            / rows["store-in-server"][rate]["median"])
     for s, row in rows.items():
         assert row["unlimited"]["slowdown"] == 1.0
         assert row["100mbit"]["slowdown"] == pytest.approx(row["100mbit"]["median"]

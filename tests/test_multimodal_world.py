@@ -57,7 +57,7 @@ def test_bad_modal_configs_are_named():
         preset("multimodal", taste_modes=3)  # size has 2 values
 
 
-def _test_auc(data, aggregator: str) -> float:
+def _test_auc(data, aggregator: str, passes: int) -> float:
     """Train DICM on the world's training day in one process (true attributes as the image
     embedding, so only the aggregator differs) and score the test day."""
     import torch
@@ -75,21 +75,23 @@ def _test_auc(data, aggregator: str) -> float:
     train = global_batches(cfg, schema, 1, 10**9)
     test = list(DayReader(resolve_days(cfg)[1], schema, 4096, prefetch=0))
     run = OneProcess(cfg, schema, train + test)  # test keys get their initial rows, as in a run
-    run.batches = train
+    run.batches = train * passes
     run.train()
     with torch.no_grad():
         probs = np.concatenate([torch.softmax(run.model(run.inputs(b)), 1)[:, 1].numpy() for b in test])
     return auc(np.concatenate([b.values[schema.label] for b in test]), probs)
 
 
-def test_attentive_beats_sum_on_small_data(tmp_path):
-    """The direction of the preset's aggregator order that shows at this size: an attentive
-    read of the behaviors beats their sum (MQAP > attentive needs the preset's scale; see
-    docs/benchmarks.md)."""
+def test_aggregator_order_mqap_attentive_sum_on_small_data(tmp_path):
+    """The preset's order at a small size: MQAP (whose ad-ID query can learn which taste the
+    ad calls for) > attentive (blind to it) > sum (mixes the tastes). Two passes, as in the
+    preset's benchmark, where one pass left MQAP's seeds spread (3 seeds in a trial at this
+    size: MQAP - attentive 0.009, 0.033, 0.018; attentive - sum 0.038, 0.015, 0.006)."""
     from hvams.data.synth import synthesize
 
-    synthesize(tmp_path, preset("multimodal", users=1000, items=3000, ads=100, categories=12,
-                                brands=40, shops=60, samples_per_day=20_000, partitions=8,
+    synthesize(tmp_path, preset("multimodal", users=3000, items=9000, ads=200, categories=12,
+                                brands=40, shops=60, samples_per_day=80_000, partitions=8,
                                 pretrain_images=0), overwrite=True)
-    attentive, summed = _test_auc(tmp_path, "attentive"), _test_auc(tmp_path, "sum")
-    assert attentive > summed + 0.005, (attentive, summed)
+    mqap, attentive, summed = (_test_auc(tmp_path, a, passes=2) for a in ("mqap", "attentive", "sum"))
+    assert mqap > attentive + 0.003, (mqap, attentive, summed)
+    assert attentive > summed + 0.003, (mqap, attentive, summed)

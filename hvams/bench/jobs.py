@@ -22,7 +22,8 @@ def _tail(path: Path, lines: int = 15) -> str:
 
 
 # Keys that do not change a run's result: a finished run with the same config otherwise is reused.
-NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every", "sync_stages")
+# "out" is where the run was found, so a bench directory that was moved is still reused.
+NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every", "sync_stages", "out")
 
 
 def job_config(cfg: TrainConfig, timeout: float) -> TrainConfig:

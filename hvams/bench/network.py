@@ -55,18 +55,23 @@ def tc_rate(rate: str) -> str:
 
 
 def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: int, rounds: int,
-                out: Path, rates=RATES, variants=("frozen", "trainable"), timeout: float = 1800
-                ) -> dict:
+                out: Path, rates=RATES, variants=("frozen", "trainable"), timeout: float = 1800,
+                strategies=STRATEGIES) -> dict:
     launch = [str(NETNS / "mpirun.sh"), str(ranks), "--map-by", "node"]
-    base = replace(base, placement="spread", evaluate=False, checkpoint_every=0, max_steps=steps)
-    runs = {v: {s: {r: [] for r in rates} for s in STRATEGIES} for v in variants}
+    # enough passes for `steps` steps on a small day (the paper preset's is 3 steps long)
+    base = replace(base, placement="spread", evaluate=False, checkpoint_every=0, max_steps=steps,
+                   epochs=max(base.epochs, steps))
+    if not strategies or any(s not in STRATEGIES for s in strategies):
+        raise ConfigError(f"bench network: strategies {list(strategies)}: choose one or more of "
+                          f"{list(STRATEGIES)}")
+    runs = {v: {s: {r: [] for r in rates} for s in strategies} for v in variants}
     layout = None
     with fake_cluster(hosts):
         for rnd in range(rounds):
             for rate in rates:
                 _script("rate.sh", tc_rate(rate))
                 for v in variants:
-                    for s in STRATEGIES:
+                    for s in strategies:
                         print(f"bench network: round {rnd + 1}/{rounds}, {rate} links, {v} backbone, "
                               f"{s} ...", flush=True)
                         cfg = replace(variant_config(base, v), strategy=s,
@@ -94,6 +99,12 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
             for rate in rates:
                 row[rate]["slowdown"] = row[rate]["median"] / ref
             table[v][s] = row
+        if "ams" in by_s and "store-in-server" in by_s:
+            # the target's ratio: per round, then the median, so both runs of a pair saw one neighbour
+            table[v]["ams"]["vs_store_in_server"] = {
+                rate: statistics.median(a["rate"] / b["rate"] for a, b in
+                                        zip(by_s["ams"][rate], by_s["store-in-server"][rate]))
+                for rate in rates}
     result = {"machine": label(*layout).replace("on this one machine",
                                                 f"on {hosts} fake hosts (network namespaces)"),
               "hosts": hosts, "ranks": ranks, "servers": layout[0], "workers": layout[1],
@@ -125,6 +136,11 @@ def format_network(r: dict) -> str:
             lines.append(f"| {v} | {s} | {_human_bytes(total)} | " + " | ".join(
                 f"{row[x]['median']:,.0f} ({row[x]['min']:,.0f}–{row[x]['max']:,.0f})" for x in rates)
                 + " | " + " | ".join(f"{row[x]['slowdown']:.2f}x" for x in rates[1:]) + " |")
+    for v, by_s in r["table"].items():
+        ratio = by_s.get("ams", {}).get("vs_store_in_server")
+        if ratio:
+            lines.append(f"\n{v}: AMS / store-in-server samples/s (median of per-round ratios): " +
+                         ", ".join(f"{x} {ratio[x]:.2f}x" for x in rates))
     lines += ["", "Bytes per step by category (all ranks, unlimited links):", ""]
     cats = sorted({c for by_s in r["table"].values() for row in by_s.values()
                    for c in row[rates[0]]["bytes_per_step"]})
