@@ -23,7 +23,7 @@ from ..models.image import feature_dim_of
 from ..store.verify import store_stats
 from ..train.plan import resolve_days
 from ..train.report import human
-from .jobs import save_json, train_job
+from .jobs import save_json, timed_config, train_job
 from .machine import label
 
 STRATEGIES = ("store-in-worker", "store-in-server", "ams")
@@ -66,8 +66,7 @@ def run_comm(base: TrainConfig, ranks: int, steps: int, out: Path, timeout: floa
     """Train ``base`` (a dicm config) for ``steps`` steps under each strategy; the result table."""
     runs = {}
     for strategy in STRATEGIES:
-        cfg = replace(base, strategy=strategy, max_steps=steps, evaluate=False,
-                      out=str(out / strategy), checkpoint_every=0)
+        cfg = timed_config(replace(base, strategy=strategy), steps, out / strategy)
         print(f"bench comm: {strategy} ({steps} steps, {ranks} ranks) ...", flush=True)
         runs[strategy] = train_job(cfg, ranks, timeout)["summary"]
     s0 = runs["ams"]

@@ -26,6 +26,13 @@ def _tail(path: Path, lines: int = 15) -> str:
 NOT_RESULT_KEYS = ("progress", "step_timeout", "log_every", "sync_stages", "out")
 
 
+def timed_config(cfg: TrainConfig, steps: int, out: Path) -> TrainConfig:
+    """``cfg`` for a bench run of ``steps`` training steps into ``out``: no evaluation or
+    checkpoints, and enough passes that a day shorter than ``steps`` still gives them all."""
+    return replace(cfg, max_steps=steps, epochs=max(cfg.epochs, steps), evaluate=False,
+                   checkpoint_every=0, out=str(out))
+
+
 def job_config(cfg: TrainConfig, timeout: float) -> TrainConfig:
     # A first step may legitimately take long (e.g. vgg16 features of every image on a CPU);
     # the job's own timeout bounds a hang, so the per-step watchdog only needs to outlast it.

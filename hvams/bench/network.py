@@ -20,7 +20,7 @@ from pathlib import Path
 
 from ..config import ConfigError, TrainConfig
 from .comm import STRATEGIES
-from .jobs import BenchError, save_json, train_job
+from .jobs import BenchError, save_json, timed_config, train_job
 from .machine import label
 from .speed import steady_rate, variant_config
 
@@ -58,9 +58,7 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
                 out: Path, rates=RATES, variants=("frozen", "trainable"), timeout: float = 1800,
                 strategies=STRATEGIES) -> dict:
     launch = [str(NETNS / "mpirun.sh"), str(ranks), "--map-by", "node"]
-    # enough passes for `steps` steps on a small day (the paper preset's is 3 steps long)
-    base = replace(base, placement="spread", evaluate=False, checkpoint_every=0, max_steps=steps,
-                   epochs=max(base.epochs, steps))
+    base = replace(base, placement="spread")
     if not strategies or any(s not in STRATEGIES for s in strategies):
         raise ConfigError(f"bench network: strategies {list(strategies)}: choose one or more of "
                           f"{list(STRATEGIES)}")
@@ -74,8 +72,8 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
                     for s in strategies:
                         print(f"bench network: round {rnd + 1}/{rounds}, {rate} links, {v} backbone, "
                               f"{s} ...", flush=True)
-                        cfg = replace(variant_config(base, v), strategy=s,
-                                      out=str(out / f"{v}-{s}-{rate}"))
+                        cfg = timed_config(replace(variant_config(base, v), strategy=s), steps,
+                                           out / f"{v}-{s}-{rate}")
                         summ = train_job(cfg, ranks, timeout, launch=launch, env=ENV)["summary"]
                         gb = summ["samples"] / max(summ["steps"], 1)
                         runs[v][s][rate].append({

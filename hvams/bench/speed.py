@@ -20,7 +20,7 @@ import torch
 from ..config import TrainConfig
 from ..data.schema import Schema
 from .comm import STRATEGIES
-from .jobs import save_json, train_job
+from .jobs import save_json, timed_config, train_job
 from .machine import label
 from .oneproc import OneProcess, global_batches
 
@@ -62,8 +62,7 @@ def run_speed(base: TrainConfig, ranks: int, steps: int, rounds: int, warmup: in
         for v in variants:
             cfg_v = variant_config(base, v)
             for s in STRATEGIES:
-                cfg = replace(cfg_v, strategy=s, max_steps=steps, evaluate=False,
-                              out=str(out / f"{v}-{s}"), checkpoint_every=0)
+                cfg = timed_config(replace(cfg_v, strategy=s), steps, out / f"{v}-{s}")
                 print(f"bench speed: round {r + 1}/{rounds}, {v} backbone, {s} ...", flush=True)
                 summ = train_job(cfg, ranks, timeout)["summary"]
                 global_batch = summ["samples"] / max(summ["steps"], 1)

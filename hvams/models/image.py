@@ -18,8 +18,8 @@ from .layers import mlp
 
 PAPER_HEAD = [256, 64]
 # Backbone output widths: known without building the network (vgg16 cut at fc6).
-FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576,
-                "true-attributes": 20}  # true-attributes: the built-in world's (feature_dim_of)
+# true-attributes has none: its width is its truth table's (feature_dim_of).
+FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_small": 576}
 
 
 class SmallCNN(nn.Module):
