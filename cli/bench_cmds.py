@@ -292,13 +292,17 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
 @click.option("--strategy", "strategies", multiple=True,
               type=click.Choice(["store-in-worker", "store-in-server", "ams"]),
               help="Strategies to run (default all three).")
+@click.option("--wire", "wires", multiple=True,
+              type=click.Choice(["fp32", "fp16-rows", "fp16-allreduce", "fp16"]),
+              help="What travels in fp16 (default fp32): rows and row gradients, Horovod's "
+                   "allreduces, or both; each is run beside the others in every round.")
 @click.option("--preset", type=click.Choice(["paper"]),
               help="paper: the paper's batch shape (bench comm's preset: 3,000 samples per worker, "
                    "~40 behavior images each, frozen vgg16 fc6 at 32 px).")
 @click.option("--chart", type=click.Path(dir_okay=False), help="Write the slowdown chart (PNG) here.")
 @_guard
-def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategies, preset, chart,
-            timeout, **opts):
+def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategies, wires, preset,
+            chart, timeout, **opts):
     """The three strategies on fake hosts with limited links: samples/s, bytes, slowdown.
 
     Needs root (network namespaces). See docs/cluster.md for the fake cluster.
@@ -320,7 +324,7 @@ def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategie
     rate_list = [r.strip() for r in rates.split(",") if r.strip()]
     result = run_network(cfg, hosts, ranks or 6, steps, warmup, rounds, out, rate_list,
                          list(variants) or ["frozen", "trainable"], timeout,
-                         list(strategies) or list(STRATEGIES))
+                         list(strategies) or list(STRATEGIES), list(wires) or ["fp32"])
     _finish(out, "network", format_network(result))
     if chart:
         from hvams.bench.charts import network_chart

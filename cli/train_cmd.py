@@ -60,6 +60,9 @@ def _rank() -> int:
 @click.option("--allreduce-compression", type=click.Choice(["none", "fp16"]),
               help="fp16: Horovod's gradient allreduces (workers' dense model, servers' image "
                    "model) in fp16 on the wire, half the bytes.")
+@click.option("--row-compression", type=click.Choice(["none", "fp16"]),
+              help="fp16: ID rows, image embeddings and their gradients between servers and "
+                   "workers in fp16 on the wire, half the bytes.")
 @click.option("--checkpoint-every", type=int, help="Checkpoint every K steps (0: at the end only).")
 @click.option("--resume", is_flag=True, default=None, help="Continue from the latest complete checkpoint.")
 @click.option("--on-bad-row", type=click.Choice(["error", "skip"]))

@@ -102,6 +102,7 @@ class TrainConfig:
     worker_device: str | None = None     # overrides device on workers
     precision: str = "auto"              # auto | fp32 | bf16 | fp64 (auto: bf16 on CUDA, else fp32)
     allreduce_compression: str = "none"  # none | fp16: Horovod's allreduces in fp16 on the wire
+    row_compression: str = "none"        # none | fp16: rows and their gradients in fp16 on the wire
     sync_stages: Flag = False            # CUDA: synchronise at stage boundaries (exact stage times)
     # bookkeeping
     checkpoint_every: int = 0            # steps; 0 = only at the end
@@ -149,8 +150,8 @@ class TrainConfig:
             need(getattr(self, key) in DEVICES + ((None,) if key != "device" else ()), key,
                  f"must be one of {DEVICES}")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
-        need(self.allreduce_compression in ("none", "fp16"), "allreduce_compression",
-             "must be none or fp16")
+        for key in ("allreduce_compression", "row_compression"):
+            need(getattr(self, key) in ("none", "fp16"), key, "must be none or fp16")
         return self
 
     @property

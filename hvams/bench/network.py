@@ -26,6 +26,11 @@ from .speed import steady_rate, variant_config
 
 NETNS = Path(__file__).resolve().parents[2] / "cluster" / "netns"
 RATES = ("unlimited", "1gbit", "100mbit")
+# What travels in fp16 (--wire): the config keys each setting fixes, whatever --config says.
+WIRES = {"fp32": {"row_compression": "none", "allreduce_compression": "none"},
+         "fp16-rows": {"row_compression": "fp16", "allreduce_compression": "none"},
+         "fp16-allreduce": {"row_compression": "none", "allreduce_compression": "fp16"},
+         "fp16": {"row_compression": "fp16", "allreduce_compression": "fp16"}}
 PREFIX = "hvbench"
 ENV = {"HVAMS_NETNS_PREFIX": PREFIX, "HVAMS_NETNS_STATE": f"/tmp/{PREFIX}-netns"}
 
@@ -54,29 +59,38 @@ def tc_rate(rate: str) -> str:
     return "none" if rate == "unlimited" else rate
 
 
+def variant_label(variant: str, wire: str) -> str:
+    """A table row's backbone label: ``frozen``, or ``frozen, fp16-rows`` off the fp32 wire."""
+    return variant if wire == "fp32" else f"{variant}, {wire}"
+
+
 def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: int, rounds: int,
                 out: Path, rates=RATES, variants=("frozen", "trainable"), timeout: float = 1800,
-                strategies=STRATEGIES) -> dict:
+                strategies=STRATEGIES, wires=("fp32",)) -> dict:
     launch = [str(NETNS / "mpirun.sh"), str(ranks), "--map-by", "node"]
     base = replace(base, placement="spread")
     if not strategies or any(s not in STRATEGIES for s in strategies):
         raise ConfigError(f"bench network: strategies {list(strategies)}: choose one or more of "
                           f"{list(STRATEGIES)}")
-    runs = {v: {s: {r: [] for r in rates} for s in strategies} for v in variants}
+    if not wires or any(w not in WIRES for w in wires):
+        raise ConfigError(f"bench network: wires {list(wires)}: choose one or more of {list(WIRES)}")
+    labels = {(v, w): variant_label(v, w) for v in variants for w in wires}
+    runs = {lab: {s: {r: [] for r in rates} for s in strategies} for lab in labels.values()}
     layout = None
     with fake_cluster(hosts):
         for rnd in range(rounds):
             for rate in rates:
                 _script("rate.sh", tc_rate(rate))
-                for v in variants:
+                for (v, w), lab in labels.items():
                     for s in strategies:
                         print(f"bench network: round {rnd + 1}/{rounds}, {rate} links, {v} backbone, "
-                              f"{s} ...", flush=True)
-                        cfg = timed_config(replace(variant_config(base, v), strategy=s), steps,
-                                           out / f"{v}-{s}-{rate}")
+                              f"{w} wire, {s} ...", flush=True)
+                        run_dir = out / f"{lab.replace(', ', '-')}-{s}-{rate}"
+                        cfg = timed_config(replace(variant_config(base, v), strategy=s, **WIRES[w]),
+                                           steps, run_dir)
                         summ = train_job(cfg, ranks, timeout, launch=launch, env=ENV)["summary"]
                         gb = summ["samples"] / max(summ["steps"], 1)
-                        runs[v][s][rate].append({
+                        runs[lab][s][rate].append({
                             "rate": steady_rate(summ["step_s"], gb, warmup),
                             "bytes_per_step": summ["bytes_per_step"],
                             "stage_ms_per_step": {role: {k: 1000 * t / max(summ["steps"], 1)
@@ -91,6 +105,7 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
             for rate, recs in by_r.items():
                 xs = [x["rate"] for x in recs]
                 row[rate] = {"median": statistics.median(xs), "min": min(xs), "max": max(xs),
+                             "per_round": xs,
                              "bytes_per_step": recs[-1]["bytes_per_step"],
                              "stage_ms_per_step": recs[-1]["stage_ms_per_step"]}
             ref = row[rates[0]]["median"]
@@ -107,6 +122,7 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
                                                 f"on {hosts} fake hosts (network namespaces)"),
               "hosts": hosts, "ranks": ranks, "servers": layout[0], "workers": layout[1],
               "steps": steps, "warmup": warmup, "rounds": rounds, "rates": list(rates),
+              "wires": list(wires),
               "batch_size_per_worker": base.batch_size, "backbone": base.backbone,
               "image_size": base.image_size, "data": base.data, "table": table}
     save_json(out / "network.json", result)

@@ -27,6 +27,11 @@ class ChannelSpec:
     route: Callable[[np.ndarray, int], np.ndarray]   # keys, num_servers -> server index
     kind: str = "id"                                 # 'id' or 'image' (byte categories)
     trainable: bool = True                           # gradients flow back
+    wire: np.dtype | None = None                     # dtype on the wire (protocol.wire); default dtype
+
+    @property
+    def wire_dtype(self) -> np.dtype:
+        return np.dtype(self.dtype if self.wire is None else self.wire)
 
     @property
     def key_category(self) -> str:
@@ -42,10 +47,10 @@ class ChannelSpec:
 
 
 def dtype_groups(specs: list[ChannelSpec]) -> list[list[int]]:
-    """Channel indices grouped by payload dtype, in channel order: one buffer each."""
+    """Channel indices grouped by wire and host dtype, in channel order: one buffer each."""
     groups: dict = {}
     for c, spec in enumerate(specs):
-        groups.setdefault(np.dtype(spec.dtype).str, []).append(c)
+        groups.setdefault((spec.wire_dtype.str, np.dtype(spec.dtype).str), []).append(c)
     return list(groups.values())
 
 
@@ -54,17 +59,18 @@ def id_route(table: str):
     return lambda keys, num_servers: owner(keys, num_servers, salt)
 
 
-def id_channel(table: str, dim: int, dtype=np.float32) -> ChannelSpec:
-    return ChannelSpec(table, dim, np.dtype(dtype), id_route(table))
+def id_channel(table: str, dim: int, dtype=np.float32, wire=None) -> ChannelSpec:
+    return ChannelSpec(table, dim, np.dtype(dtype), id_route(table), wire=wire)
 
 
-def image_channel(num_partitions: int, dim: int, dtype=np.float32, trainable: bool = True
-                  ) -> ChannelSpec:
+def image_channel(num_partitions: int, dim: int, dtype=np.float32, trainable: bool = True,
+                  wire=None) -> ChannelSpec:
     """The image channel: keys go to the server owning their store partition."""
     from ..store.partition import server_of_image
 
     return ChannelSpec("image", dim, np.dtype(dtype),
-                       lambda keys, S: server_of_image(keys, num_partitions, S), "image", trainable)
+                       lambda keys, S: server_of_image(keys, num_partitions, S), "image", trainable,
+                       wire)
 
 
 class EmbeddingChannel:

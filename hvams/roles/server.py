@@ -17,6 +17,7 @@ from ..protocol.exchange import Exchange
 from ..protocol.waiting import policy_for
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
 from ..protocol.timing import stage
+from ..protocol.wire import from_wire, grad_scale, to_wire
 from ..distributed.failfast import maybe_inject_fault
 from ..distributed.topology import Topology
 from .channels import dtype_groups
@@ -88,7 +89,7 @@ class ServerLoop:
         self.stats["serve_s"] += time.perf_counter() - t0
         if train and global_n > 0:
             t1 = time.perf_counter()
-            self._update(counts, uniq, inverse, step)
+            self._update(counts, uniq, inverse, step, global_n)
             self.stats["update_s"] += time.perf_counter() - t1
             self.stats["steps"] += 1
             self.stats["samples"] += global_n
@@ -107,33 +108,38 @@ class ServerLoop:
 
     def _send_rows(self, reply: list[list[np.ndarray]]) -> None:
         for group in dtype_groups([ch.spec for ch in self.channels]):
+            wire = self.channels[group[0]].spec.wire_dtype
             parts = []
             for s in range(self.topo.size):
-                segs = [reply[s][c] for c in group]
+                segs = [to_wire(reply[s][c], wire, f"rows of channel {self.channels[c].spec.name!r}")
+                        for c in group]
                 if s != self.topo.rank:
                     for c, seg in zip(group, segs):
                         self.counter.add(self.channels[c].spec.row_category, seg.nbytes)
                 parts.append(np.concatenate([x.reshape(-1) for x in segs]) if segs else
-                             np.zeros(0, self.channels[group[0]].spec.dtype))
-            self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64),
-                              self.channels[group[0]].spec.dtype)
+                             np.zeros(0, wire))
+            self.ex.alltoallv(parts, np.zeros(self.topo.size, np.int64), wire)
 
-    def _update(self, counts, uniq, inverse, step) -> None:
+    def _update(self, counts, uniq, inverse, step, global_n) -> None:
         trainable = [c for c, ch in enumerate(self.channels) if ch.spec.trainable]
         widths = [self.channels[c].spec.dim for c in trainable]
         recv = counts[:, trainable] @ np.array(widths, np.int64) if trainable else \
             np.zeros(self.topo.size, np.int64)
-        dtype = self.channels[trainable[0]].spec.dtype if trainable else np.dtype(np.float32)
-        empty = [np.zeros(0, dtype)] * self.topo.size
+        first = self.channels[trainable[0]].spec if trainable else None
+        wire = first.wire_dtype if first else np.dtype(np.float32)
+        empty = [np.zeros(0, wire)] * self.topo.size
         with stage("comm"):
-            flat = self.ex.alltoallv(empty, recv, dtype)
+            flat = self.ex.alltoallv(empty, recv, wire)
+        unscale = grad_scale(wire, first.dtype, global_n) if first else 1.0
         per_src = [_split(flat[s], counts[s, trainable], widths) for s in range(self.topo.size)]
         scale = self.lr_scale_fn(step)
         for j, c in enumerate(trainable):
             ch = self.channels[c]
             g = np.concatenate([per_src[s][j] for s in range(self.topo.size)]).reshape(-1, ch.spec.dim)
-            summed = np.zeros((len(uniq[c]), ch.spec.dim), dtype)
-            _index_add(summed, inverse[c], g)
+            summed = np.zeros((len(uniq[c]), ch.spec.dim), ch.spec.dtype)
+            _index_add(summed, inverse[c], from_wire(g, ch.spec.dtype))
+            if unscale != 1.0:  # summed in the host dtype, then back to the mean loss's gradient
+                summed /= unscale
             ch.update(uniq[c], summed, scale)
         for ch in self.channels:
             ch.after_update(scale)

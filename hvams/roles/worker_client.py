@@ -8,6 +8,7 @@ from ..protocol.accounting import ByteCounter
 from ..protocol.exchange import Exchange
 from ..protocol.waiting import policy_for
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
+from ..protocol.wire import from_wire, grad_scale, to_wire
 from .channels import ChannelSpec, dtype_groups
 
 
@@ -57,8 +58,8 @@ class StepClient:
             widths = np.array([self.channels[c].dim for c in group], np.int64)
             recv = np.zeros(self.topo.size, np.int64)
             recv[self.topo.server_ranks] = counts[:, group] @ widths
-            dtype = self.channels[group[0]].dtype
-            flat = self.ex.alltoallv([np.zeros(0, dtype)] * self.topo.size, recv, dtype)
+            wire = self.channels[group[0]].wire_dtype
+            flat = self.ex.alltoallv([np.zeros(0, wire)] * self.topo.size, recv, wire)
             per_channel = {c: [] for c in group}
             for s, rank in enumerate(self.topo.server_ranks):
                 off = 0
@@ -67,26 +68,30 @@ class StepClient:
                     per_channel[c].append(flat[rank][off:off + k * w].reshape(k, w))
                     off += k * w
             for c in group:
-                sorted_rows = np.concatenate(per_channel[c]) if per_channel[c] else \
-                    np.zeros((0, self.channels[c].dim), dtype)
+                host = self.channels[c].dtype
+                sorted_rows = from_wire(np.concatenate(per_channel[c]), host) if per_channel[c] \
+                    else np.zeros((0, self.channels[c].dim), host)
                 out = np.empty_like(sorted_rows)
                 out[orders[c]] = sorted_rows
                 rows[c] = out
-        self._pending = (orders, counts, starts)
+        self._pending = (orders, counts, starts, global_n)
         return rows, global_n
 
     def push(self, grads: list[np.ndarray | None]) -> None:
         """Host gradients of the rows of the last pull (trainable channels), same order."""
-        orders, counts, starts = self._pending
+        orders, counts, starts, global_n = self._pending
         trainable = [c for c, spec in enumerate(self.channels) if spec.trainable]
-        dtype = self.channels[trainable[0]].dtype if trainable else np.dtype(np.float32)
+        first = self.channels[trainable[0]] if trainable else None
+        dtype = first.wire_dtype if first else np.dtype(np.float32)
+        scale = grad_scale(dtype, first.dtype, global_n) if first else 1.0
         parts = [np.zeros(0, dtype)] * self.topo.size
         sorted_grads = {}
         for c in trainable:
-            g = grads[c]
-            g = np.zeros((len(orders[c]), self.channels[c].dim), dtype) if g is None else \
-                np.asarray(g, dtype)
-            sorted_grads[c] = g[orders[c]]
+            spec, g = self.channels[c], grads[c]
+            g = np.zeros((len(orders[c]), spec.dim), spec.dtype) if g is None else \
+                np.asarray(g, spec.dtype)
+            sorted_grads[c] = to_wire(g[orders[c]], dtype, f"gradients of channel {spec.name!r}",
+                                      scale)
         for s, rank in enumerate(self.topo.server_ranks):
             segs = []
             for c in trainable:

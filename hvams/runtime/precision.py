@@ -50,6 +50,7 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
 
 
 def wire_dtype(name: str) -> np.dtype:
-    """dtype of rows and gradients between servers and workers: the same on both
-    sides whatever device each is on (bf16 computes, but sends float32)."""
+    """Host dtype of rows and gradients between servers and workers: the same on
+    both sides whatever device each is on (bf16 computes, but sends float32);
+    ``row_compression: fp16`` narrows them on the wire only (protocol.wire)."""
     return np.dtype(np.float64 if name == "fp64" else np.float32)

@@ -14,6 +14,7 @@ from ..imaging.local import LocalImages
 from ..imaging.payload import payload_spec
 from ..imaging.source import ImageSource
 from ..models.image import build_image_model, feature_dim_of
+from ..protocol.wire import on_wire
 from ..roles.channels import EmbeddingChannel, id_channel, image_channel
 from ..roles.image_channels import AmsImageChannel, PixelChannel
 from ..runtime import Runtime, wire_dtype
@@ -24,14 +25,16 @@ from . import checkpoint as ckpt
 def channel_specs(cfg: TrainConfig, schema: Schema) -> list:
     """The channels of this run, in the fixed order servers and workers share."""
     dtype = wire_dtype(cfg.precision)
-    specs = [id_channel(t, cfg.emb_dim, dtype) for t in schema.tables]
+    wire = on_wire(dtype, cfg.row_compression)
+    specs = [id_channel(t, cfg.emb_dim, dtype, wire) for t in schema.tables]
     if cfg.uses_images and cfg.strategy != "store-in-worker":
         P = read_manifest(cfg.images_dir)["partitions"]
         if cfg.strategy == "ams":
-            specs.append(image_channel(P, cfg.emb_dim, dtype))
+            specs.append(image_channel(P, cfg.emb_dim, dtype, wire=wire))
         else:  # store-in-server: pixels or frozen-backbone features, plus validity
             width, payload = payload_spec(feature_dim_of(cfg), cfg.freeze_backbone, cfg.image_size, dtype)
-            specs.append(image_channel(P, width, payload, trainable=False))
+            specs.append(image_channel(P, width, payload, trainable=False,
+                                       wire=on_wire(payload, cfg.row_compression)))
     return specs
 
 
