@@ -23,6 +23,7 @@ STRATEGIES = ("ams", "store-in-server", "store-in-worker")
 BACKBONES = ("small-cnn", "resnet18", "vgg16", "mobilenet_v3_small", "true-attributes")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("auto", "fp32", "bf16", "fp64")
+COMPRESSIONS = ("none", "fp16")  # allreduce_compression, row_compression
 
 
 class ConfigError(ValueError):
@@ -151,7 +152,7 @@ class TrainConfig:
                  f"must be one of {DEVICES}")
         need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
         for key in ("allreduce_compression", "row_compression"):
-            need(getattr(self, key) in ("none", "fp16"), key, "must be none or fp16")
+            need(getattr(self, key) in COMPRESSIONS, key, "must be " + " or ".join(COMPRESSIONS))
         return self
 
     @property

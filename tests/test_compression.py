@@ -53,18 +53,18 @@ def test_fp16_on_the_wire_narrows_floats_only():
 def test_scaled_gradients_survive_fp16_where_plain_ones_underflow():
     g = np.array([[2e-8, -2e-7, 1e-5]], np.float32)   # mean-loss gradients of a big batch
     n = 4096
-    plain = from_wire(to_wire(g, np.float16, "g"), np.float32)
+    plain = from_wire(to_wire(g, np.float16, "gradients", "ad_id"), np.float32)
     assert plain[0, 0] == 0.0                          # below fp16's subnormals: lost
     assert grad_scale(np.float16, np.float32, n) == n
-    back = from_wire(to_wire(g, np.float16, "g", scale=n), np.float32, scale=n)
+    back = from_wire(to_wire(g, np.float16, "gradients", "ad_id", scale=n), np.float32) / n
     np.testing.assert_allclose(back, g, rtol=1e-3)
 
 
 def test_a_value_too_large_for_fp16_names_the_channel():
     rows = np.array([[1.0, 7e4]], np.float32)
     with pytest.raises(WireOverflow, match="rows of channel 'ad_id'.*row_compression: none"):
-        to_wire(rows, np.float16, "rows of channel 'ad_id'")
-    assert to_wire(rows, np.float32, "x") is rows        # exact mode: no copy, no check
+        to_wire(rows, np.float16, "rows", "ad_id")
+    assert to_wire(rows, np.float32, "rows", "ad_id") is rows        # exact mode: no copy, no check
 
 
 def _run_rows(world, out, compression, *extra, steps=5):

@@ -64,10 +64,11 @@ def network_chart(result: dict, path: Path, caption: str) -> Path:
     colors = {"store-in-worker": "tab:blue", "store-in-server": "tab:orange", "ams": "tab:green"}
     for v, by_s in result["table"].items():
         for s, row in by_s.items():
-            backbone, _, wire = v.partition(", ")  # "frozen" or "frozen, fp16-rows"
-            ax.plot(rates, [row[x]["slowdown"] for x in rates], marker="s" if wire else "o",
+            backbone, wire = result["labels"][v]["backbone"], result["labels"][v]["wire"]
+            exact = wire == "fp32"
+            ax.plot(rates, [row[x]["slowdown"] for x in rates], marker="o" if exact else "s",
                     color=colors.get(s), linestyle=styles.get(backbone, "-"),
-                    label=f"{s}, {backbone} backbone" + (f", {wire} wire" if wire else ""))
+                    label=f"{s}, {backbone} backbone" + ("" if exact else f", {wire} wire"))
     ax.axhline(0.9, color="grey", linestyle=":", linewidth=1, label="AMS target (0.9)")
     ax.set_xlabel("link rate per host (both directions)")
     ax.set_ylabel("samples/s / samples/s with unlimited links")

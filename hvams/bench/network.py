@@ -123,6 +123,7 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
               "hosts": hosts, "ranks": ranks, "servers": layout[0], "workers": layout[1],
               "steps": steps, "warmup": warmup, "rounds": rounds, "rates": list(rates),
               "wires": list(wires),
+              "labels": {lab: {"backbone": v, "wire": w} for (v, w), lab in labels.items()},
               "batch_size_per_worker": base.batch_size, "backbone": base.backbone,
               "image_size": base.image_size, "data": base.data, "table": table}
     save_json(out / "network.json", result)

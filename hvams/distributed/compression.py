@@ -7,8 +7,6 @@ allreduce is AMS's largest traffic (docs/benchmarks.md, network).
 """
 from __future__ import annotations
 
-COMPRESSIONS = ("none", "fp16")
-
 
 def horovod_compression(name: str):
     import horovod.torch as hvd

@@ -12,9 +12,6 @@ from __future__ import annotations
 
 import numpy as np
 
-ROW_COMPRESSIONS = ("none", "fp16")
-
-
 class WireOverflow(RuntimeError):
     """A row or gradient outside fp16's range."""
 
@@ -29,25 +26,24 @@ def on_wire(host: np.dtype, compression: str) -> np.dtype:
     return host
 
 
-def to_wire(x: np.ndarray, wire: np.dtype, what: str, scale: float = 1.0) -> np.ndarray:
-    """``x * scale`` in ``wire``; WireOverflow, naming ``what``, where a finite value overflows."""
+def to_wire(x: np.ndarray, wire: np.dtype, kind: str, channel: str, scale: float = 1.0
+            ) -> np.ndarray:
+    """``x * scale`` in ``wire``; WireOverflow, naming the channel's ``kind`` (rows,
+    gradients), where a finite value overflows."""
     wire = np.dtype(wire)
     if x.dtype == wire and scale == 1.0:
         return x
     with np.errstate(over="ignore"):  # overflow is checked below, with a message that says why
         out = (x * scale if scale != 1.0 else x).astype(wire)
     if wire.itemsize < x.dtype.itemsize and not np.isfinite(out).all() and np.isfinite(x).all():
-        raise WireOverflow(f"{what}: values up to {np.abs(x).max() * scale:.3g} do not fit fp16 "
+        raise WireOverflow(f"{kind} of channel {channel!r}: values up to {np.abs(x).max() * scale:.3g} do not fit fp16 "
                            f"(max 65504) on the wire; set row_compression: none")
     return out
 
 
-def from_wire(x: np.ndarray, host: np.dtype, scale: float = 1.0) -> np.ndarray:
-    """Wire values back in the host dtype, divided by ``scale``."""
-    out = x.astype(host, copy=x.dtype != np.dtype(host))
-    if scale != 1.0:
-        out /= scale
-    return out
+def from_wire(x: np.ndarray, host: np.dtype) -> np.ndarray:
+    """Wire values back in the host dtype (no copy where they travelled in it)."""
+    return x.astype(host, copy=x.dtype != np.dtype(host))
 
 
 def grad_scale(wire: np.dtype, host: np.dtype, global_n: int) -> float:

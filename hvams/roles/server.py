@@ -111,7 +111,7 @@ class ServerLoop:
             wire = self.channels[group[0]].spec.wire_dtype
             parts = []
             for s in range(self.topo.size):
-                segs = [to_wire(reply[s][c], wire, f"rows of channel {self.channels[c].spec.name!r}")
+                segs = [to_wire(reply[s][c], wire, "rows", self.channels[c].spec.name)
                         for c in group]
                 if s != self.topo.rank:
                     for c, seg in zip(group, segs):

@@ -90,8 +90,7 @@ class StepClient:
             spec, g = self.channels[c], grads[c]
             g = np.zeros((len(orders[c]), spec.dim), spec.dtype) if g is None else \
                 np.asarray(g, spec.dtype)
-            sorted_grads[c] = to_wire(g[orders[c]], dtype, f"gradients of channel {spec.name!r}",
-                                      scale)
+            sorted_grads[c] = to_wire(g[orders[c]], dtype, "gradients", spec.name, scale)
         for s, rank in enumerate(self.topo.server_ranks):
             segs = []
             for c in trainable:
