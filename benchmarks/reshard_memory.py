@@ -34,7 +34,7 @@ BENCH_VOCAB = {"user": 60_000, "item": 60_000, "category": 60, "brand": 800, "sh
 
 def build(directory: Path, scale: float, servers: int = 3) -> int:
     from hvams.embedding.shard import EmbeddingShard
-    from hvams.roles.channels import id_route
+    from hvams.protocol.channels import id_route
     from hvams.train import checkpoint as ckpt
 
     total = 0
@@ -79,7 +79,7 @@ def _whole(directory, table, keep):
 
 def measure(directory: Path, mode: str) -> dict:
     from hvams.embedding.shard import EmbeddingShard
-    from hvams.roles.channels import id_route
+    from hvams.protocol.channels import id_route
     from hvams.train.checkpoint import load_owned_rows
 
     import tracemalloc

@@ -1,7 +1,6 @@
 """``hvams bench comm|speed|quality``: the benchmarks of docs/benchmarks.md."""
 from __future__ import annotations
 
-import functools
 import shlex
 import sys
 from pathlib import Path
@@ -9,19 +8,18 @@ from pathlib import Path
 import click
 
 from hvams.bench.quality import MODELS as QUALITY_MODELS
-from hvams.config import BACKBONES
 
-from .main import EXIT_FAILED, EXIT_USAGE, main
+from .common import CliError, choice, options
 
 
-@main.group()
+@click.group()
 def bench():
     """Benchmarks: bytes per batch, samples/s, and model quality of the strategies."""
 
 
 def _common(f):
     """Options every bench command shares: the data, the ranks, the base config."""
-    opts = [
+    return options(
         click.option("--data", required=True, type=click.Path(file_okay=False),
                      help="Data directory (a synthetic world)."),
         click.option("--out", type=click.Path(file_okay=False),
@@ -32,17 +30,16 @@ def _common(f):
                      help="Ranks of each run (mpirun on this machine); default 4 (paper preset: 6)."),
         click.option("--servers", type=int, default=2, show_default=True),
         click.option("--batch-size", type=int, help="Samples per worker per step."),
-        click.option("--backbone", type=click.Choice(list(BACKBONES))),
+        click.option("--backbone", type=choice("backbone")),
         click.option("--backbone-weights", type=click.Path(exists=True, dir_okay=False),
                      help="Default: DATA/backbone/small-cnn.pt if it exists (small-cnn only)."),
         click.option("--image-size", type=int),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]),
+        click.option("--device", type=choice("device"),
                      help="Device of every rank and of the one-process baseline."),
-        click.option("--precision", type=click.Choice(["auto", "fp32", "bf16", "fp64"])),
+        click.option("--precision", type=choice("precision")),
         click.option("--timeout", type=float, default=1800, show_default=True,
                      help="Seconds one run may take before the bench fails."),
-    ]
-    return functools.reduce(lambda acc, o: o(acc), reversed(opts), f)
+    )(f)
 
 
 def _base(data, config_path, servers, batch_size, backbone, backbone_weights, image_size, device,
@@ -73,10 +70,11 @@ def _paper_preset(bench_name: str, opts: dict) -> None:
     """The paper's batch shape: its world in DATA (synthesised if absent), 3,000 samples per
     worker, vgg16 cut at fc6."""
     if not (Path(opts["data"]) / "world.json").exists():
-        from hvams.data.synth import preset as world_preset, synthesize
+        from hvams.data.synth import preset as world_preset
+        from hvams.pretrain import synthesize_world
 
         click.echo(f"bench {bench_name}: synthesising the paper-like world in {opts['data']} ...")
-        synthesize(opts["data"], world_preset("paper"), overwrite=True)
+        synthesize_world(opts["data"], world_preset("paper"), overwrite=True)
     opts["batch_size"] = opts["batch_size"] or 3000
     opts["backbone"] = opts["backbone"] or "vgg16"
 
@@ -85,32 +83,13 @@ def _seeds(seeds: str) -> list[int]:
     try:
         return [int(s) for s in seeds.split(",") if s.strip()]
     except ValueError:
-        click.echo(f"hvams: error: --seeds must be comma-separated integers (got {seeds!r})", err=True)
-        raise SystemExit(EXIT_USAGE)
+        raise CliError(f"--seeds must be comma-separated integers (got {seeds!r})") from None
 
 
 def _known(given: list[str], known: list[str], what: str) -> None:
     bad = [g for g in given if g not in known]
     if bad:
-        click.echo(f"hvams: error: unknown {what}(s) {bad}; choose from {known}", err=True)
-        raise SystemExit(EXIT_USAGE)
-
-
-def _guard(fn):
-    @functools.wraps(fn)
-    def run(*args, **kwargs):
-        from hvams.bench.jobs import BenchError
-        from hvams.config import ConfigError
-
-        try:
-            return fn(*args, **kwargs)
-        except ConfigError as exc:
-            click.echo(f"hvams: error: {exc}", err=True)
-            raise SystemExit(EXIT_USAGE)
-        except BenchError as exc:
-            click.echo(f"hvams: bench failed: {exc}", err=True)
-            raise SystemExit(EXIT_FAILED)
-    return run
+        raise CliError(f"unknown {what}(s) {bad}; choose from {known}")
 
 
 @bench.command()
@@ -120,7 +99,6 @@ def _guard(fn):
 @click.option("--preset", type=click.Choice(["paper"]),
               help="paper: synthesise the paper-like world in DATA if absent; 2 servers + 4 workers, "
                    "batch 3,000 per worker, frozen vgg16 (4096-d fc6) at 32 px (paper Table 2).")
-@_guard
 def comm(out, ranks, steps, preset, timeout, **opts):
     """Bytes per batch of store-in-worker, store-in-server and AMS (paper Table 2).
 
@@ -156,7 +134,6 @@ def comm(out, ranks, steps, preset, timeout, **opts):
 @click.option("--no-one-process", "one_process", flag_value=False, default=True,
               help="Skip the one-process baseline.")
 @click.option("--chart", type=click.Path(dir_okay=False), help="Write the samples/s chart (PNG) here.")
-@_guard
 def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeout, **opts):
     """Samples/s of the three strategies (interleaved) and of one process.
 
@@ -196,7 +173,6 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
               help="Train the image models' backbone end to end, or keep it fixed (the paper).")
 @click.option("--chart", type=click.Path(dir_okay=False),
               help="Write the AUC-over-training chart (PNG) here.")
-@_guard
 def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_seeds, reuse,
             freeze_backbone, chart, timeout, **opts):
     """Test AUC, GAUC and new-ad AUC of every model over seeds (paper Tables 3, 4, 6).
@@ -242,7 +218,6 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
               help="torch.profiler flat profile of TorchRec rank 0 over these steps (last round).")
 @click.option("--timeout", type=float, default=1800, show_default=True,
               help="Seconds one run may take before the bench fails.")
-@_guard
 def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_steps, only, profile,
          timeout):
     """hvams idonly against the same model on TorchRec: samples/s, AUC, memory.
@@ -258,9 +233,8 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
     try:
         import torchrec  # noqa: F401
     except ImportError as exc:
-        click.echo(f"hvams: error: the TorchRec peer needs torchrec and fbgemm-gpu-cpu "
-                   f"(requirements-peer.txt; `make setup` installs them): {exc}", err=True)
-        raise SystemExit(EXIT_USAGE)
+        raise CliError(f"the TorchRec peer needs torchrec and fbgemm-gpu-cpu "
+                       f"(requirements-peer.txt; `make setup` installs them): {exc}") from None
     names = {c.name: c for c in CONTENDERS}
     _known(list(only), list(names), "contender")
     seed_list = _seeds(seeds)
@@ -289,8 +263,7 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
 @click.option("--rounds", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--variant", "variants", multiple=True, type=click.Choice(["frozen", "trainable"]),
               help="Backbone variants (default both; the paper preset: frozen).")
-@click.option("--strategy", "strategies", multiple=True,
-              type=click.Choice(["store-in-worker", "store-in-server", "ams"]),
+@click.option("--strategy", "strategies", multiple=True, type=choice("strategy"),
               help="Strategies to run (default all three).")
 @click.option("--wire", "wires", multiple=True,
               type=click.Choice(["fp32", "fp16-rows", "fp16-allreduce", "fp16"]),
@@ -300,7 +273,6 @@ def peer(data, out, config_path, batch_size, train_days, seeds, warmup, max_step
               help="paper: the paper's batch shape (bench comm's preset: 3,000 samples per worker, "
                    "~40 behavior images each, frozen vgg16 fc6 at 32 px).")
 @click.option("--chart", type=click.Path(dir_okay=False), help="Write the slowdown chart (PNG) here.")
-@_guard
 def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategies, wires, preset,
             chart, timeout, **opts):
     """The three strategies on fake hosts with limited links: samples/s, bytes, slowdown.

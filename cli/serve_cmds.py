@@ -5,36 +5,32 @@ import json
 
 import click
 
-from .main import EXIT_USAGE, main
+from .common import reported
 
 
-@main.command("export")
+@click.command("export")
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Processes that embed the image store.")
 def export_cmd(run_dir, out, workers):
-    """Export a trained run for serving: image embeddings, ID tables, TorchScript model.
+    """Export a trained run for serving: image embeddings, ID tables, the worker model.
 
     \b
     Example:
       hvams export runs/dicm --out models/dicm
     """
     from hvams.serve.export import export_run
-    from hvams.train.checkpoint import UnsafeStateError
 
-    try:
+    with reported(FileNotFoundError):
         m = export_run(run_dir, out, workers)
-    except (FileNotFoundError, UnsafeStateError) as exc:
-        click.echo(f"hvams: error: {exc}", err=True)
-        raise SystemExit(EXIT_USAGE)
     c = m["image_counts"] or {}
     click.echo(f"exported {run_dir} ({m['checkpoint']}, {m['model']}) to {out}: "
                f"{len(m['files'])} files; images embedded {c.get('served', 0)}, "
                f"missing/corrupt {c.get('missing', 0) + c.get('corrupt', 0)}")
 
 
-@main.command("predict")
+@click.command("predict")
 @click.argument("model_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--data", "day_dir", required=True, type=click.Path(exists=True, file_okay=False),
               help="A day directory (day=NN) to score.")

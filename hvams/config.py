@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-from dataclasses import dataclass, field, fields
+import types
+import typing
+from dataclasses import MISSING, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal, Union, get_args, get_origin
 
 import pydantic
 import yaml
 
-MODELS = ("idonly", "din", "dicm", "din+img")
-AGGREGATORS = ("mqap", "attentive", "sum", "max", "concat")
-STRATEGIES = ("ams", "store-in-server", "store-in-worker")
-BACKBONES = ("small-cnn", "resnet18", "vgg16", "mobilenet_v3_small", "true-attributes")
-DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("auto", "fp32", "bf16", "fp64")
-COMPRESSIONS = ("none", "fp16")  # allreduce_compression, row_compression
+from .protocol.compression import Compression
+from .strategies import Strategy
+
+Model = Literal["idonly", "din", "dicm", "din+img"]
+Aggregator = Literal["mqap", "attentive", "sum", "max", "concat"]
+Backbone = Literal["small-cnn", "resnet18", "vgg16", "mobilenet_v3_small", "true-attributes"]
+Placement = Literal["block", "spread"]
+OnBadRow = Literal["error", "skip"]
+SparseOptimizer = Literal["adagrad", "adam", "sgd"]
+Device = Literal["auto", "cpu", "cuda"]
+PrecisionName = Literal["auto", "fp32", "bf16", "fp64"]
+
+IMAGE_MODELS = ("dicm", "din+img")
 
 
 class ConfigError(ValueError):
@@ -51,109 +60,154 @@ def _flag(value):
 Flag = Annotated[bool, pydantic.BeforeValidator(_flag)]
 
 
+@dataclass(frozen=True)
+class Key:
+    """A config key's metadata: its help text and how ``hvams train`` spells it.
+
+    ``flag``: the key has an option ``--key-name`` (else it is YAML only).
+    Booleans name their options instead: ``on`` sets true, ``off`` sets false.
+    ``path``: the option's value must be an existing ``file`` or ``dir``, or
+    ``out-dir`` (a directory, made if missing).
+    """
+
+    help: str
+    flag: bool = True
+    on: str | None = None
+    off: str | None = None
+    path: str | None = None
+
+
+def key(default=MISSING, help: str = "", *, factory=MISSING, **how):
+    """A dataclass field carrying its ``Key``."""
+    meta = {"key": Key(help, **how)}
+    if factory is not MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
     """Everything that defines a training run."""
 
-    data: str = ""                       # data directory (schema.json, day=NN/)
-    out: str = "runs/latest"             # RUN_DIR
-    images: str | None = None            # image store; default DATA/images; {node}: this host's
-    train_days: list[str] | None = None  # default: world.json's, else all days but the last
-    test_day: str | None = None          # default: world.json's, else the last day
-    model: str = "idonly"  # idonly, din, dicm or din+img
-    servers: int = 1  # server ranks; the rest of the job's ranks are workers
-    placement: str = "block"  # block (ranks 0..S-1) or spread (round-robin over nodes)
-    seed: int = 0  # seeds the models, the ID rows and the image model
-    epochs: int = 1  # passes over the training days
-    max_steps: int | None = None         # stop after this many steps (all epochs)
-    batch_size: int = 256                # per worker
-    eval_batch_size: int = 1024  # samples per worker per evaluation step
-    prefetch: int = 2  # batches each worker's reader thread reads ahead
-    on_bad_row: str = "error"  # error (stop, naming file and row) or skip (count and report)
+    data: str = key("", "Data directory (schema.json, day=NN/).")
+    out: str = key("runs/latest", "Run directory (config, metrics, checkpoints).")
+    images: str | None = key(None, "Image store (default DATA/images); {node} in it: each "
+                                   "host's placed store (hvams images place).")
+    train_days: list[str] | None = key(None, "Days to train on (default: world.json's, else "
+                                             "all days but the last).", flag=False)
+    test_day: str | None = key(None, "Day to test on (default: world.json's, else the last day).",
+                               flag=False)
+    model: Model = key("idonly", "The worker model (the CTR network).")
+    servers: int = key(1, "Server ranks; the rest of the job's ranks are workers.")
+    placement: Placement = key("block", "Which ranks become servers: block (ranks 0..S-1) or "
+                                        "spread (round-robin over nodes).")
+    seed: int = key(0, "Seeds the models, the ID rows and the image model.")
+    epochs: int = key(1, "Passes over the training days.")
+    max_steps: int | None = key(None, "Stop after this many steps (all epochs).")
+    batch_size: int = key(256, "Samples per worker per step.")
+    eval_batch_size: int = key(1024, "Samples per worker per evaluation step.", flag=False)
+    prefetch: int = key(2, "Batches each worker's reader thread reads ahead.", flag=False)
+    on_bad_row: OnBadRow = key("error", "A malformed row: error (stop, naming file and row) or "
+                                        "skip (count and report).")
     # model
-    emb_dim: int = 12  # width of every ID and image embedding (the paper's 12)
-    mlp: list[int] = field(default_factory=lambda: [200, 80])   # CTR tower's hidden layers
-    attention: list[int] = field(default_factory=lambda: [64, 16])  # attention unit's layers
+    emb_dim: int = key(12, "Width of every ID and image embedding (the paper's 12).")
+    mlp: list[int] = key(help="Hidden layers of the CTR tower.", factory=lambda: [200, 80],
+                         flag=False)
+    attention: list[int] = key(help="Layers of the attention unit.", factory=lambda: [64, 16],
+                               flag=False)
     # dense optimizer on workers (paper: Adam 0.001, x0.9 every 24,000 batches)
-    lr: float = 0.001  # Adam learning rate of the worker model
-    lr_decay: float = 0.9  # learning rates x lr_decay every lr_decay_steps steps
-    lr_decay_steps: int = 24000  # steps between learning-rate decays
+    lr: float = key(0.001, "Adam learning rate of the worker model.")
+    lr_decay: float = key(0.9, "Learning rates x lr_decay every lr_decay_steps steps.", flag=False)
+    lr_decay_steps: int = key(24000, "Steps between learning-rate decays.", flag=False)
     # sparse optimizer on servers
-    sparse_optimizer: str = "adagrad"  # adagrad, adam or sgd, on the servers' ID rows
-    sparse_lr: float = 0.05  # learning rate of the ID embeddings
-    init_scale: float = 0.05  # ID rows start uniform in [-init_scale, init_scale)
+    sparse_optimizer: SparseOptimizer = key("adagrad", "Optimizer of the servers' ID rows.")
+    sparse_lr: float = key(0.05, "Learning rate of the ID embeddings.")
+    init_scale: float = key(0.05, "ID rows start uniform in [-init_scale, init_scale).",
+                            flag=False)
     # images (AMS)
-    aggregator: str = "mqap"  # behavior images: mqap, attentive, sum, max or concat
-    strategy: str = "ams"  # ams, store-in-server or store-in-worker
-    backbone: str = "small-cnn"  # small-cnn, resnet18, vgg16 (fc6), mobilenet_v3_small, true-attributes
-    backbone_weights: str | None = None  # state dict (default: random); true-attributes: truth table
-    freeze_backbone: Flag = False  # fixed backbone, features cached per image; the head trains
-    image_size: int = 32  # side in pixels images are resized to
-    head: list[int] | None = None        # default: the paper's 256-64 (after the backbone)
-    image_lr: float = 0.001  # Adam learning rate of the shared image model
-    feature_cache: int = 200_000         # frozen backbone outputs kept per rank
-    pixel_cache: int = 100_000           # decoded, resized images kept per rank
-    concat_behaviors: int = 10  # newest behaviors the concat aggregator keeps
-    max_pixels: int = 4096 * 4096  # images whose header claims more pixels are refused (bombs)
-    cache_bytes: int | None = None       # pixel + feature caches per rank; default: 40% of free
-                                         # GPU memory on CUDA, no byte bound on the CPU
+    aggregator: Aggregator = key("mqap", "How behavior images are pooled.")
+    strategy: Strategy = key(Strategy.AMS, "Where images are embedded: ams (servers, 12 floats "
+                                           "per image travel), store-in-server (servers send "
+                                           "pixels) or store-in-worker (workers read the store).")
+    backbone: Backbone = key("small-cnn", "Image backbone; vgg16 is cut at fc6; true-attributes "
+                                          "is the quality ceiling: it reads the world's truth, "
+                                          "not pixels.")
+    backbone_weights: str | None = key(None, "Backbone weights (state dict, default random), e.g. "
+                                             "DATA/backbone/small-cnn.pt; for true-attributes the "
+                                             "truth table (default DATA/truth/items.parquet).",
+                                       path="file")
+    freeze_backbone: Flag = key(False, "Keep the backbone fixed (features cached per image) and "
+                                       "train the head.", on="--freeze-backbone",
+                                off="--train-backbone")
+    image_size: int = key(32, "Side in pixels the images are resized to.")
+    head: list[int] | None = key(None, "Hidden layers of the image head (default: the paper's "
+                                       "256-64, after the backbone).", flag=False)
+    image_lr: float = key(0.001, "Adam learning rate of the shared image model.")
+    feature_cache: int = key(200_000, "Frozen backbone outputs kept per rank.", flag=False)
+    pixel_cache: int = key(100_000, "Decoded, resized images kept per rank.", flag=False)
+    concat_behaviors: int = key(10, "Newest behaviors the concat aggregator keeps.", flag=False)
+    max_pixels: int = key(4096 * 4096, "Images whose header claims more pixels are refused "
+                                       "(bombs).", flag=False)
+    cache_bytes: int | None = key(None, "Bytes of decoded pixels + frozen features a rank caches "
+                                        "(default: 40% of free GPU memory on CUDA, no byte bound "
+                                        "on the CPU).")
     # devices (hvams.runtime)
-    device: str = "auto"                 # auto | cpu | cuda (auto: CUDA where a GPU is visible)
-    server_device: str | None = None     # overrides device on servers
-    worker_device: str | None = None     # overrides device on workers
-    precision: str = "auto"              # auto | fp32 | bf16 | fp64 (auto: bf16 on CUDA, else fp32)
-    allreduce_compression: str = "none"  # none | fp16: Horovod's allreduces in fp16 on the wire
-    row_compression: str = "none"        # none | fp16: rows and their gradients in fp16 on the wire
-    sync_stages: Flag = False            # CUDA: synchronise at stage boundaries (exact stage times)
+    device: Device = key("auto", "Where every rank computes (auto: CUDA where a GPU is visible).")
+    server_device: Device | None = key(None, "Device of the servers (overrides device).")
+    worker_device: Device | None = key(None, "Device of the workers (overrides device).")
+    precision: PrecisionName = key("auto", "auto: bf16 autocast on CUDA, fp32 on the CPU; fp64 "
+                                           "for verification.")
+    allreduce_compression: Compression = key(
+        Compression.NONE, "fp16: Horovod's gradient allreduces (workers' dense model, servers' "
+                          "image model) in fp16 on the wire, half the bytes.")
+    row_compression: Compression = key(
+        Compression.NONE, "fp16: ID rows, image embeddings and their gradients between servers "
+                          "and workers in fp16 on the wire, half the bytes.")
+    sync_stages: Flag = key(False, "CUDA: synchronise at stage boundaries (exact stage times).",
+                            flag=False)
     # bookkeeping
-    checkpoint_every: int = 0            # steps; 0 = only at the end
-    resume: Flag = False  # continue from the newest complete checkpoint in out
-    progress: Flag = True  # progress bar / log lines on the first server
-    log_every: int = 50  # steps between progress lines and TensorBoard points
-    eval_every: int = 0                  # steps between test evaluations; 0 = after each epoch
-    evaluate: Flag = True                # False: no test evaluation at all (benchmarks)
-    tensorboard: str | None = None       # TensorBoard log directory
-    warm_start: str | None = None        # RUN_DIR: load all but the ID embeddings (paper Table 5)
-    step_timeout: float = 600.0          # seconds without progress before a rank aborts the job
+    checkpoint_every: int = key(0, "Checkpoint every K steps (0: at the end only).")
+    resume: Flag = key(False, "Continue from the newest complete checkpoint in out.",
+                       on="--resume")
+    progress: Flag = key(True, "Progress bar / log lines on the first server.",
+                         off="--no-progress")
+    log_every: int = key(50, "Steps between progress lines and TensorBoard points.")
+    eval_every: int = key(0, "Steps between test evaluations (0: after each epoch).")
+    evaluate: Flag = key(True, "False: no test evaluation at all (benchmarks).", flag=False)
+    tensorboard: str | None = key(None, "TensorBoard log directory.", path="out-dir")
+    warm_start: str | None = key(None, "Start from RUN_DIR's model, except its ID embeddings "
+                                       "(partial warm-up, paper Table 5).", path="dir")
+    step_timeout: float = key(600.0, "Seconds without progress before a rank aborts the job "
+                                     "(fail fast; 0: no watchdog).")
 
     def validate(self) -> "TrainConfig":
+        """This config with every key checked: its type (as ``merge`` checks it), then the
+        rules between values. Returns the typed copy (enum members for enum keys)."""
+        typed = _typed(self.to_dict(), "config")
+
         def need(cond, key, msg):
             if not cond:
-                raise ConfigError(f"config key {key!r}: {msg} (got {getattr(self, key)!r})")
+                raise ConfigError(f"config key {key!r}: {msg} (got {getattr(typed, key)!r})")
 
-        need(bool(self.data), "data", "a data directory is required")
-        need(self.model in MODELS, "model", f"must be one of {MODELS}")
-        need(self.aggregator in AGGREGATORS, "aggregator", f"must be one of {AGGREGATORS}")
-        need(self.strategy in STRATEGIES, "strategy", f"must be one of {STRATEGIES}")
-        need(self.backbone in BACKBONES, "backbone", f"must be one of {BACKBONES}")
-        need(self.backbone != "true-attributes" or self.freeze_backbone, "freeze_backbone",
+        need(bool(typed.data), "data", "a data directory is required")
+        need(typed.backbone != "true-attributes" or typed.freeze_backbone, "freeze_backbone",
              "must be true with backbone true-attributes (a lookup table, nothing to train)")
-        need(self.placement in ("block", "spread"), "placement", "must be block or spread")
-        need(self.on_bad_row in ("error", "skip"), "on_bad_row", "must be error or skip")
-        need(self.sparse_optimizer in ("adagrad", "adam", "sgd"), "sparse_optimizer",
-             "must be adagrad, adam or sgd")
         for key in ("servers", "epochs", "batch_size", "eval_batch_size", "emb_dim",
                     "lr_decay_steps", "image_size", "concat_behaviors"):
-            need(getattr(self, key) >= 1, key, "must be at least 1")
+            need(getattr(typed, key) >= 1, key, "must be at least 1")
         for key in ("lr", "sparse_lr", "image_lr", "init_scale"):
-            need(getattr(self, key) > 0, key, "must be positive")
-        need(0 < self.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
-        need(self.max_steps is None or self.max_steps >= 1, "max_steps", "must be at least 1")
-        need(self.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
-        need(self.eval_every >= 0, "eval_every", "must be >= 0")
-        need(self.step_timeout >= 0, "step_timeout", "must be >= 0 (0 = no watchdog)")
-        need(all(d >= 1 for d in self.mlp) and self.mlp, "mlp", "needs positive layer sizes")
-        need(all(d >= 1 for d in self.attention), "attention", "needs positive layer sizes")
-        need(self.feature_cache >= 0, "feature_cache", "must be >= 0")
-        need(self.pixel_cache >= 0, "pixel_cache", "must be >= 0")
-        need(self.cache_bytes is None or self.cache_bytes >= 0, "cache_bytes", "must be >= 0")
-        for key in ("device", "server_device", "worker_device"):
-            need(getattr(self, key) in DEVICES + ((None,) if key != "device" else ()), key,
-                 f"must be one of {DEVICES}")
-        need(self.precision in PRECISIONS, "precision", f"must be one of {PRECISIONS}")
-        for key in ("allreduce_compression", "row_compression"):
-            need(getattr(self, key) in COMPRESSIONS, key, "must be " + " or ".join(COMPRESSIONS))
-        return self
+            need(getattr(typed, key) > 0, key, "must be positive")
+        need(0 < typed.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
+        need(typed.max_steps is None or typed.max_steps >= 1, "max_steps", "must be at least 1")
+        need(typed.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
+        need(typed.eval_every >= 0, "eval_every", "must be >= 0")
+        need(typed.step_timeout >= 0, "step_timeout", "must be >= 0 (0 = no watchdog)")
+        need(all(d >= 1 for d in typed.mlp) and typed.mlp, "mlp", "needs positive layer sizes")
+        need(all(d >= 1 for d in typed.attention), "attention", "needs positive layer sizes")
+        need(typed.feature_cache >= 0, "feature_cache", "must be >= 0")
+        need(typed.pixel_cache >= 0, "pixel_cache", "must be >= 0")
+        need(typed.cache_bytes is None or typed.cache_bytes >= 0, "cache_bytes", "must be >= 0")
+        return typed
 
     @property
     def images_dir(self) -> Path:
@@ -161,21 +215,85 @@ class TrainConfig:
 
     @property
     def uses_images(self) -> bool:
-        return self.model in ("dicm", "din+img")
+        return self.model in IMAGE_MODELS
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Plain values (enum members as their strings): YAML, JSON and ``TrainConfig(**d)``."""
+        return {k: v.value if isinstance(v, Enum) else v
+                for k, v in dataclasses.asdict(self).items()}
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
 
 
 _ADAPTER = pydantic.TypeAdapter(TrainConfig)
+_TYPES = typing.get_type_hints(TrainConfig, include_extras=True)
 
 
-def _type_name(annotation) -> str:
-    name = getattr(annotation, "__name__", None) or str(annotation).replace("typing.", "")
-    return {"Flag": "boolean", "bool": "boolean"}.get(name, name)
+def _unwrap(tp):
+    """``tp`` without ``None`` and ``Annotated``: the type a value of the key has."""
+    if get_origin(tp) is Annotated:
+        return _unwrap(get_args(tp)[0])
+    if get_origin(tp) in (Union, types.UnionType):
+        rest = [a for a in get_args(tp) if a is not type(None)]
+        return _unwrap(rest[0]) if len(rest) == 1 else tp
+    return tp
+
+
+def choices(name: str) -> tuple[str, ...] | None:
+    """The values key ``name`` accepts, when it is a choice (a Literal or an enum)."""
+    tp = _unwrap(_TYPES[name])
+    if get_origin(tp) is Literal:
+        return get_args(tp)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tuple(m.value for m in tp)
+    return None
+
+
+def type_name(tp) -> str:
+    """How errors and docs name a key's type: int, int | None, list[int], boolean, str."""
+    if get_origin(tp) is Annotated:
+        return type_name(get_args(tp)[0])
+    if get_origin(tp) in (Union, types.UnionType):
+        return " | ".join(type_name(a) for a in get_args(tp))
+    if tp is type(None):
+        return "None"
+    if tp is bool:
+        return "boolean"
+    if get_origin(tp) is Literal or (isinstance(tp, type) and issubclass(tp, Enum)):
+        return "str"
+    if get_origin(tp) is list:
+        return f"list[{type_name(get_args(tp)[0])}]"
+    return getattr(tp, "__name__", str(tp))
+
+
+def key_of(f) -> Key:
+    return f.metadata["key"]
+
+
+def flags_of(f) -> list[str]:
+    """The options of ``hvams train`` that set field ``f`` (none: YAML only)."""
+    k = key_of(f)
+    if k.on or k.off:
+        return [o for o in (k.on, k.off) if o]
+    return ["--" + f.name.replace("_", "-")] if k.flag else []
+
+
+def _typed(values: dict, source: str) -> TrainConfig:
+    """``values`` as a TrainConfig, every key checked against its declared type."""
+    try:
+        return _ADAPTER.validate_python(values)
+    except pydantic.ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else "?"
+        value = values.get(key)
+        allowed = choices(key) if key in _TYPES else None
+        if allowed and isinstance(value, str):
+            raise ConfigError(f"config key {key!r}: must be one of {allowed} (got {value!r})"
+                              ) from None
+        want = type_name(_TYPES[key]) if key in _TYPES else "?"
+        raise ConfigError(f"{source}: config key {key!r}: {value!r} ({type(value).__name__}) is "
+                          f"not a valid {want}: {err['msg']}") from None
 
 
 def merge(base: TrainConfig, values: dict, source: str) -> TrainConfig:
@@ -183,7 +301,7 @@ def merge(base: TrainConfig, values: dict, source: str) -> TrainConfig:
 
     Unknown keys raise ConfigError naming them and the closest valid key; a
     value of the wrong type raises ConfigError naming the key, the value and
-    the expected type.
+    the expected type; a choice outside its values names the values.
     """
     known = {f.name: f for f in fields(TrainConfig)}
     unknown = sorted(k for k in values if k.replace("-", "_") not in known)
@@ -196,15 +314,7 @@ def merge(base: TrainConfig, values: dict, source: str) -> TrainConfig:
                           f"the keys are listed in docs/cli.md")
     merged = base.to_dict()
     merged.update({k.replace("-", "_"): v for k, v in values.items()})
-    try:
-        return _ADAPTER.validate_python(merged)
-    except pydantic.ValidationError as exc:
-        err = exc.errors()[0]
-        key = str(err["loc"][0]) if err["loc"] else "?"
-        want = _type_name(known[key].type) if key in known else "?"
-        value = merged.get(key)
-        raise ConfigError(f"{source}: config key {key!r}: {value!r} ({type(value).__name__}) is "
-                          f"not a valid {want}: {err['msg']}") from None
+    return _typed(merged, source)
 
 
 def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:

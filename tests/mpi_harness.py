@@ -95,3 +95,53 @@ def run_horovodrun(np_: int, argv: list[str], timeout: float = 120,
 def py(module: str, *args: str) -> list[str]:
     """argv for ``python -m module args`` with the test interpreter."""
     return [sys.executable, "-m", module, *map(str, args)]
+
+
+def train_argv(data, out, *extra, **keys) -> list[str]:
+    """argv of ``python -m cli train --data DATA --out OUT`` with a flag per config key given
+    (``batch_size=64`` -> ``--batch-size 64``; a boolean key's own flag for True/False; None
+    is left out), then ``extra``. No progress bar unless ``progress=True``."""
+    from dataclasses import fields
+
+    from hvams.config import TrainConfig, flags_of, key_of
+
+    keys.setdefault("progress", False)
+    known = {f.name: f for f in fields(TrainConfig)}
+    args = ["--data", data, "--out", out]
+    for name, value in keys.items():
+        f = known[name]
+        if value is None:
+            continue
+        k = key_of(f)
+        if k.on or k.off:
+            flag = k.on if value else k.off
+            if flag:
+                args.append(flag)
+            continue
+        args += [flags_of(f)[0], value]
+    return py("cli", "train", *args, *extra)
+
+
+def run_train(ranks: int, data, out, *extra, timeout: float = 300, env=None, local=False,
+              **keys) -> MPIResult:
+    """``hvams train`` on ``ranks`` ranks: started by mpirun here, or with ``local=True`` by
+    hvams itself (``--local``, as a user starts it)."""
+    if local:
+        return run_job(train_argv(data, out, "--local", ranks, *extra, **keys), timeout, env)
+    return run_mpi(ranks, train_argv(data, out, *extra, **keys), timeout, env)
+
+
+def train_ok(ranks: int, data, out, *extra, **kw) -> tuple[dict, MPIResult]:
+    """``run_train`` that must succeed: (its summary.json, the job's result)."""
+    import json
+
+    res = run_train(ranks, data, out, *extra, **kw)
+    assert res.returncode == 0 and not res.timed_out, res.output[-4000:]
+    return json.loads((Path(out) / "summary.json").read_text()), res
+
+
+def metrics_of(out) -> list[dict]:
+    """The records of a run's metrics.jsonl."""
+    import json
+
+    return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]

@@ -7,15 +7,12 @@ import lmdb
 from hvams.keys import key_bytes
 from hvams.store.lmdb_store import ImageStore
 from hvams.store.partition import partition_file
-from mpi_harness import py, run_mpi
+from mpi_harness import metrics_of, train_ok
 
 
-def _train(world, out, servers, workers, *extra, steps=5, batch=48):
-    res = run_mpi(servers + workers, py(
-        "cli", "train", "--data", world, "--out", out, "--servers", servers, "--model", "dicm",
-        "--batch-size", batch, "--max-steps", steps, "--no-progress", *extra), timeout=300)
-    assert res.returncode == 0, res.output[-4000:]
-    return json.loads((out / "summary.json").read_text()), res
+def _train(world, out, servers, workers, steps=5, batch=48, **keys):
+    return train_ok(servers + workers, world, out, servers=servers, model="dicm", batch_size=batch,
+                    max_steps=steps, **keys)
 
 
 def test_dedup_across_workers_and_12_floats_per_image(tiny_world, tmp_path):
@@ -37,17 +34,17 @@ def test_dedup_across_workers_and_12_floats_per_image(tiny_world, tmp_path):
 
 
 def test_store_in_server_moves_pixels(tiny_world, tmp_path):
-    s, _ = _train(tiny_world, tmp_path / "sis", 2, 2, "--strategy", "store-in-server")
+    s, _ = _train(tiny_world, tmp_path / "sis", 2, 2, strategy="store-in-server")
     b = s["bytes"]
     keys_sent = b["image_keys"] // 8
     assert b["image_payload"] == keys_sent * (3 * 32 * 32 + 1)  # uint8 pixels + validity byte
     assert "image_grads" not in b and "allreduce_servers" not in b
-    s2, _ = _train(tiny_world, tmp_path / "sis-frozen", 2, 2, "--strategy", "store-in-server",
-                   "--freeze-backbone")
+    s2, _ = _train(tiny_world, tmp_path / "sis-frozen", 2, 2, strategy="store-in-server",
+                   freeze_backbone=True)
     b2 = s2["bytes"]
     assert b2["image_payload"] == (b2["image_keys"] // 8) * (64 + 1) * 4  # features + flag
     assert s2["images"]["feature_cache_hit_rate"] > 0
-    s3, _ = _train(tiny_world, tmp_path / "siw", 2, 2, "--strategy", "store-in-worker")
+    s3, _ = _train(tiny_world, tmp_path / "siw", 2, 2, strategy="store-in-worker")
     assert not any(k.startswith("image") for k in s3["bytes"])  # images never cross the network
 
 
@@ -84,14 +81,11 @@ def test_dicm_beats_idonly_on_demo(demo_world, tmp_path):
     info = json.loads((demo_world / "world.json").read_text())
     weights = demo_world / info["pretrained_backbone"]["file"]
     runs = {}
-    for model, extra in (("idonly", ()), ("dicm", ("--backbone-weights", weights,
-                                                    "--freeze-backbone"))):
+    for model, extra in (("idonly", {}), ("dicm", {"backbone_weights": weights,
+                                                    "freeze_backbone": True})):
         out = tmp_path / model
-        res = run_mpi(4, py("cli", "train", "--data", demo_world, "--out", out, "--servers", 2,
-                            "--model", model, "--batch-size", 128, "--no-progress", *extra),
-                      timeout=600)
-        assert res.returncode == 0, res.output[-3000:]
-        runs[model] = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+        train_ok(4, demo_world, out, servers=2, model=model, batch_size=128, timeout=600, **extra)
+        runs[model] = metrics_of(out)[-1]
     dicm, ids = runs["dicm"], runs["idonly"]
     print({k: (round(ids[k], 4), round(dicm[k], 4)) for k in ("auc", "gauc", "new_ad_auc")})
     assert dicm["auc"] > ids["auc"] + 0.01

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hvams.embedding.shard import EmbeddingShard
-from hvams.roles.channels import id_route
+from hvams.protocol.channels import id_route
 from hvams.train import checkpoint as ckpt
 
 

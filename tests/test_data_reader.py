@@ -162,7 +162,7 @@ def test_train_on_a_wrong_column_type_gives_one_clear_line(tmp_path, tiny_world)
     """Every worker hits it; the job ends with the message and no traceback."""
     import shutil
 
-    from mpi_harness import py, run_mpi
+    from mpi_harness import run_train
 
     world = tmp_path / "world"
     shutil.copytree(tiny_world, world, ignore=shutil.ignore_patterns("day=*"))
@@ -171,8 +171,7 @@ def test_train_on_a_wrong_column_type_gives_one_clear_line(tmp_path, tiny_world)
         (world / d.name).mkdir()
         for f in d.glob("*.parquet"):
             pq.write_table(_as_strings(pq.ParquetFile(f).read(), schema.ad_image), world / d.name / f.name)
-    res = run_mpi(3, py("cli", "train", "--data", world, "--out", tmp_path / "run", "--servers",
-                        "1", "--model", "idonly", "--no-progress"), timeout=120)
+    res = run_train(3, world, tmp_path / "run", timeout=120, servers=1, model="idonly")
     assert res.returncode != 0 and not res.timed_out
     assert f"column '{schema.ad_image}' has type string" in res.output
     assert "Traceback" not in res.output and "ArrowTypeError" not in res.output, res.output[-3000:]

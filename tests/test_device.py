@@ -82,16 +82,16 @@ def test_local_rank_under_horovodrun():
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the error on a machine without a GPU")
-@pytest.mark.parametrize("argv", [["train", "--data", "DATA", "--device", "cuda"],
-                                  ["train", "--data", "DATA", "--server-device", "cuda"],
-                                  ["info", "--device", "cuda"]])
-def test_cli_cuda_without_gpu_exits_2(tiny_world, argv):
+@pytest.mark.parametrize("command", [{"device": "cuda"}, {"server_device": "cuda"}, "info"],
+                         ids=["train --device", "train --server-device", "info --device"])
+def test_cli_cuda_without_gpu_exits_2(tiny_world, tmp_path, command):
     import subprocess
-    import sys
 
-    argv = [str(tiny_world) if a == "DATA" else a for a in argv]
-    res = subprocess.run([sys.executable, "-m", "cli", *argv], capture_output=True, text=True,
-                         timeout=120)
+    from mpi_harness import train_argv
+
+    argv = (py("cli", "info", "--device", "cuda") if command == "info" else
+            train_argv(tiny_world, tmp_path / "run", **command))
+    res = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2, res.stderr
     assert "hvams: error: config key" in res.stderr and "no usable CUDA GPU" in res.stderr
     assert "Traceback" not in res.stderr

@@ -8,8 +8,8 @@ import torch
 
 from hvams.config import TrainConfig
 from hvams.data.schema import Schema
-from mpi_harness import py, run_mpi
-from reference import Reference, global_batches
+from mpi_harness import run_mpi, train_argv
+from hvams.reference import OneProcess as Reference, global_batches
 
 STEPS = 6
 IMG_STEPS = 4
@@ -70,14 +70,8 @@ def close(got, exp, what, precision="fp32"):
 
 
 def train_args(data, out, servers, model="idonly", batch=64, steps=STEPS, **extra):
-    args = ["train", "--data", str(data), "--out", str(out), "--servers", str(servers),
-            "--model", model, "--batch-size", str(batch), "--max-steps", str(steps), "--no-progress"]
-    for k, v in extra.items():
-        if v is True:
-            args.append(f"--{k.replace('_', '-')}")
-        else:
-            args += [f"--{k.replace('_', '-')}", str(v)]
-    return py("cli", *args)
+    return train_argv(data, out, servers=servers, model=model, batch_size=batch, max_steps=steps,
+                      **extra)
 
 
 def check_against_reference(world, out, workers, steps, summary, dense, tables, **cfg_kw):

@@ -1,21 +1,18 @@
 """A failing rank ends the whole job quickly, with a message naming rank, role and cause."""
 import random
-import sys
 import time
 
 import pytest
 
-from mpi_harness import run_job
+from mpi_harness import run_job, run_train, train_argv
 
 STEP = random.Random(7).randint(2, 9)  # "a random step", fixed per run of the suite
 
 
-def _local_train(world, out, fault, *extra):
-    cmd = [sys.executable, "-m", "cli", "train", "--data", str(world), "--out", str(out),
-           "--local", "4", "--servers", "2", "--model", "idonly", "--batch-size", "32",
-           "--no-progress", *extra]
+def _local_train(world, out, fault, **keys):
     t0 = time.monotonic()
-    res = run_job(cmd, timeout=120, env={"HVAMS_FAULT": fault})
+    res = run_train(4, world, out, local=True, timeout=120, env={"HVAMS_FAULT": fault}, servers=2,
+                    model="idonly", batch_size=32, **keys)
     return res, time.monotonic() - t0
 
 
@@ -36,7 +33,7 @@ def test_exception_on_a_rank_ends_the_job(tiny_world, tmp_path):
 
 def test_watchdog_bounds_a_hang(tiny_world, tmp_path):
     res, elapsed = _local_train(tiny_world, tmp_path / "run", f"rank:0:step:{STEP}:hang",
-                                "--step-timeout", "5")
+                                step_timeout=5)
     assert not res.timed_out and res.returncode != 0, res.output[-3000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert "made no progress for" in res.output and "aborting the job" in res.output
@@ -63,12 +60,10 @@ def test_a_run_directory_not_shared_by_every_host_is_named(tiny_world, tmp_path)
     without the shared disk: every rank stops at start-up, and the message names the key,
     the rank and its host."""
     from hvams.distributed.launch import mpirun_command
-    from mpi_harness import py
 
     out = tmp_path / "run"
     out.mkdir()
-    argv = py("cli", "train", "--data", tiny_world, "--out", out, "--servers", "2", "--model",
-              "idonly", "--batch-size", "32", "--no-progress")
+    argv = train_argv(tiny_world, out, servers=2, model="idonly", batch_size=32)
     cmd = mpirun_command(4, argv, mpmd=[(3, {}), (1, {"HVAMS_NODE": "lonely"})])
     last = len(cmd) - len(argv)  # the last group's argv: run it in a mount namespace of its own
     cmd[last:] = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs none "$0" && exec "$@"', str(out),

@@ -3,14 +3,12 @@ import json
 
 import pytest
 
-from mpi_harness import py, run_mpi
+from mpi_harness import metrics_of, train_ok
 
 
-def _train(world, out, model, extra=()):
-    res = run_mpi(4, py("cli", "train", "--data", world, "--out", out, "--servers", 2, "--model",
-                        model, "--batch-size", 256, "--no-progress", *extra), timeout=420)
-    assert res.returncode == 0, res.output[-3000:]
-    return [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+def _train(world, out, model):
+    train_ok(4, world, out, timeout=420, servers=2, model=model, batch_size=256)
+    return metrics_of(out)[-1]
 
 
 @pytest.mark.parametrize("model", ["idonly", "din"])

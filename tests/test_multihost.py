@@ -8,14 +8,13 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mpi_harness import py, run_job
+from mpi_harness import py, run_job, train_argv
 
 from hvams.train.checkpoint import load_torch
 
@@ -41,10 +40,10 @@ def cluster():
         subprocess.run(["bash", NETNS / "down.sh"], env=env, timeout=60)
 
 
-def _train_args(world, out, *extra):
-    return ["train", "--data", world, "--model", "dicm", "--freeze-backbone",
-            "--backbone-weights", Path(world) / "backbone" / "small-cnn.pt", "--servers", 2,
-            "--placement", "spread", "--batch-size", 64, "--no-progress", "--out", out, *extra]
+def _train_argv(world, out, *extra, **keys):
+    return train_argv(world, out, *extra, model="dicm", freeze_backbone=True,
+                      backbone_weights=Path(world) / "backbone" / "small-cnn.pt", servers=2,
+                      placement="spread", batch_size=64, **keys)
 
 
 def _checkpoint(run: Path):
@@ -68,17 +67,15 @@ def test_three_hosts_spread_servers_and_equal_the_one_host_run(cluster, tiny_wor
     placed = _placed_store(tiny_world, tmp_path)
     # host 3 runs no server: it gets no partition, only the manifest
     assert not list((placed / cluster[2]).glob("part-*")) and list((placed / cluster[0]).glob("part-*"))
-    res = run_job(py("cli", *_train_args(tiny_world, multi, "--max-steps", 8,
-                                         "--images", f"{placed}/{{node}}",
-                                         "--launch", LAUNCH)), timeout=300, env=ENV)
+    res = run_job(_train_argv(tiny_world, multi, "--launch", LAUNCH, max_steps=8,
+                              images=f"{placed}/{{node}}"), timeout=300, env=ENV)
     assert not res.timed_out and res.returncode == 0, res.output[-3000:]
     topo = json.loads((multi / "topology.json").read_text())
     nodes = topo["nodes"]
     assert set(nodes) == set(cluster)
     server_hosts = [nodes[r] for r in topo["servers"]]
     assert len(set(server_hosts)) == 2, f"servers share a host: {server_hosts}"
-    res = run_job(py("cli", *_train_args(tiny_world, one, "--max-steps", 8, "--local", 6)),
-                  timeout=300)
+    res = run_job(_train_argv(tiny_world, one, "--local", 6, max_steps=8), timeout=300)
     assert res.returncode == 0, res.output[-3000:]
     a = json.loads((multi / "summary.json").read_text())
     b = json.loads((one / "summary.json").read_text())
@@ -106,9 +103,8 @@ def test_a_server_missing_a_partition_fails_fast_naming_it_and_its_host(cluster,
 
     shutil.rmtree(gone)
     t0 = time.time()
-    res = run_job(py("cli", *_train_args(tiny_world, tmp_path / "run", "--max-steps", 4,
-                                         "--images", f"{placed}/{{node}}", "--launch", LAUNCH)),
-                  timeout=120, env=ENV)
+    res = run_job(_train_argv(tiny_world, tmp_path / "run", "--launch", LAUNCH, max_steps=4,
+                              images=f"{placed}/{{node}}"), timeout=120, env=ENV)
     assert not res.timed_out and res.returncode != 0 and time.time() - t0 < 60
     line = next(ln for ln in res.output.splitlines() if "MissingPartitionError" in ln)
     assert f"server 1 on {cluster[1]}" in line and gone.name in line, line
@@ -130,8 +126,7 @@ def _host_ranks(host: str) -> list[int]:
 
 def test_a_killed_host_fails_the_job_fast_naming_host_and_role(cluster, tiny_world, tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "cli", *map(str, _train_args(tiny_world, out, "--epochs", 50,
-                                                             "--launch", LAUNCH))]
+    cmd = _train_argv(tiny_world, out, "--launch", LAUNCH, epochs=50)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=ROOT, env={**os.environ, **ENV}, start_new_session=True)
     try:

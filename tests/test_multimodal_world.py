@@ -62,7 +62,7 @@ def _test_auc(data, aggregator: str, passes: int) -> float:
     embedding, so only the aggregator differs) and score the test day."""
     import torch
 
-    from hvams.bench.oneproc import OneProcess, global_batches
+    from hvams.reference import OneProcess, global_batches
     from hvams.config import TrainConfig
     from hvams.data.reader import DayReader
     from hvams.data.schema import Schema

@@ -14,7 +14,7 @@ import pytest
 
 from mpi_harness import py, run_job
 
-from hvams.bench.oneproc import OneProcess, global_batches
+from hvams.reference import OneProcess, global_batches
 from hvams.config import load_config
 from hvams.data.schema import Schema
 

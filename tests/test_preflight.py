@@ -1,10 +1,8 @@
 """A missing data directory or image store is one clear line and exit 2, from `--local` and
 from every rank under mpirun: no traceback from any rank."""
-import sys
-
 import pytest
 
-from mpi_harness import py, run_job, run_mpi
+from mpi_harness import run_train
 
 
 @pytest.mark.parametrize("extra,msg", [
@@ -14,12 +12,8 @@ from mpi_harness import py, run_job, run_mpi
 ])
 @pytest.mark.parametrize("launcher", ["local", "mpirun"])
 def test_missing_inputs_give_one_line(tiny_world, tmp_path, extra, msg, launcher):
-    args = ["train", "--data", str(tiny_world), "--out", str(tmp_path / "run"), "--servers", "1",
-            "--no-progress", *extra]
-    if launcher == "local":
-        res = run_job([sys.executable, "-m", "cli", *args, "--local", "3"], timeout=120)
-    else:
-        res = run_mpi(3, py("cli", *args), timeout=120)
+    res = run_train(3, tiny_world, tmp_path / "run", *extra, timeout=120,
+                    local=launcher == "local", servers=1)
     assert res.returncode != 0 and not res.timed_out
     assert res.output.count(msg) == 1, res.output[-3000:]
     assert "Traceback" not in res.output

@@ -9,16 +9,14 @@ import pytest
 import torch
 
 from hvams.train.checkpoint import is_complete, latest_complete
-from mpi_harness import py, run_mpi
+from mpi_harness import metrics_of, run_train, train_ok
 
 K = 3
 
 
-def _train(world, out, servers, steps, *extra, env=None, model="din", workers=2):
-    return run_mpi(servers + workers, py(
-        "cli", "train", "--data", world, "--out", out, "--servers", servers, "--model", model,
-        "--sparse-optimizer", "adam", "--batch-size", 40, "--max-steps", steps, "--no-progress",
-        *extra), timeout=300, env=env)
+def _train(world, out, servers, steps, model="din", workers=2, **keys):
+    return run_train(servers + workers, world, out, servers=servers, model=model,
+                     sparse_optimizer="adam", batch_size=40, max_steps=steps, **keys)
 
 
 def _final(run):
@@ -44,7 +42,7 @@ def _same(a, b):
 @pytest.fixture(scope="module")
 def straight(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("straight") / "run"
-    res = _train(tiny_world, out, 2, 3 * K, "--checkpoint-every", K)
+    res = _train(tiny_world, out, 2, 3 * K, checkpoint_every=K)
     assert res.returncode == 0, res.output[-3000:]
     return out
 
@@ -52,13 +50,13 @@ def straight(tiny_world, tmp_path_factory):
 @pytest.mark.parametrize("fault", [f"rank:1:ckpt:{2 * K}:kill", f"rank:3:step:{K + 2}:kill"])
 def test_crash_then_resume_equals_straight(tiny_world, tmp_path, straight, fault):
     out = tmp_path / "run"
-    res = _train(tiny_world, out, 2, 3 * K, "--checkpoint-every", K, env={"HVAMS_FAULT": fault})
+    res = _train(tiny_world, out, 2, 3 * K, checkpoint_every=K, env={"HVAMS_FAULT": fault})
     assert res.returncode != 0 and not res.timed_out
     assert latest_complete(out).name == f"ckpt-{K:08d}"
     if ":ckpt:" in fault:  # the half-written checkpoint exists but is not complete
         torn = out / f"ckpt-{2 * K:08d}"
         assert torn.exists() and not is_complete(torn)
-    res = _train(tiny_world, out, 2, 3 * K, "--checkpoint-every", K, "--resume")
+    res = _train(tiny_world, out, 2, 3 * K, checkpoint_every=K, resume=True)
     assert res.returncode == 0, res.output[-3000:]
     assert f"latest complete checkpoint is ckpt-{K:08d}" in res.output
     _same(out, straight)
@@ -80,10 +78,10 @@ def test_resharding_keeps_predictions(tiny_world, tmp_path, before, after, model
     out = tmp_path / "run"
     res = _train(tiny_world, out, before, 2 * K, model=model)
     assert res.returncode == 0, res.output[-3000:]
-    first = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
-    res = _train(tiny_world, out, after, 2 * K, "--resume", model=model)
+    first = metrics_of(out)[-1]
+    res = _train(tiny_world, out, after, 2 * K, resume=True, model=model)
     assert res.returncode == 0, res.output[-3000:]
-    second = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()][-1]
+    second = metrics_of(out)[-1]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["servers"] == after and summary["steps"] == 0
     for key in ("auc", "gauc", "logloss", "new_ad_auc"):
@@ -112,13 +110,9 @@ def _bad_rows_world(tiny_world, tmp_path):
 
 def test_counters_add_up_with_skipped_rows(tiny_world, tmp_path):
     world = _bad_rows_world(tiny_world, tmp_path)
-    res = run_mpi(3, py("cli", "train", "--data", world, "--out", tmp_path / "bad", "--servers", 1,
-                        "--batch-size", 100, "--no-progress"), timeout=300)
+    res = run_train(3, world, tmp_path / "bad", servers=1, batch_size=100)
     assert res.returncode != 0 and "row 5, field 'click': label outside {0, 1}" in res.output
-    res = run_mpi(3, py("cli", "train", "--data", world, "--out", tmp_path / "run", "--servers", 1,
-                        "--batch-size", 100, "--no-progress", "--on-bad-row", "skip"), timeout=300)
-    assert res.returncode == 0, res.output[-3000:]
-    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    s, _ = train_ok(3, world, tmp_path / "run", servers=1, batch_size=100, on_bad_row="skip")
     rows = s["rows"]
     assert rows["read"] == 4000 and rows["rejected"] == 4 and rows["trained"] == 3996
     assert rows["read"] == rows["trained"] + rows["rejected"]
@@ -129,9 +123,6 @@ def test_same_seed_same_metrics(tiny_world, tmp_path):
     runs = []
     for name in ("a", "b"):
         out = tmp_path / name
-        res = run_mpi(4, py("cli", "train", "--data", tiny_world, "--out", out, "--servers", 2,
-                            "--model", "dicm", "--batch-size", 64, "--no-progress"), timeout=300)
-        assert res.returncode == 0, res.output[-3000:]
-        runs.append(((out / "metrics.jsonl").read_text(),
-                     json.loads((out / "summary.json").read_text())["losses"]))
+        summary, _ = train_ok(4, tiny_world, out, servers=2, model="dicm", batch_size=64)
+        runs.append(((out / "metrics.jsonl").read_text(), summary["losses"]))
     assert runs[0] == runs[1]

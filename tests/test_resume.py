@@ -1,19 +1,16 @@
 """N steps, resume, N more == 2N straight, bit for bit; checkpoints are complete."""
-import json
-
 import numpy as np
 import torch
 
 from hvams.train.checkpoint import is_complete, latest_complete, load_manifest
-from mpi_harness import py, run_mpi
+from mpi_harness import train_ok
 
 N = 4
 
 
-def _args(data, out, steps, *extra):
-    return py("cli", "train", "--data", data, "--out", out, "--servers", 2, "--model", "din",
-              "--sparse-optimizer", "adam", "--batch-size", 48, "--max-steps", steps,
-              "--no-progress", *extra)
+def _train(data, out, steps, **keys):
+    return train_ok(4, data, out, timeout=240, servers=2, model="din", sparse_optimizer="adam",
+                    batch_size=48, max_steps=steps, **keys)
 
 
 def _state(ckpt):
@@ -27,17 +24,12 @@ def _state(ckpt):
 
 def test_resume_is_bit_exact(tiny_world, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    res = run_mpi(4, _args(tiny_world, straight, 2 * N, "--checkpoint-every", N), timeout=240)
-    assert res.returncode == 0, res.output[-3000:]
-    res = run_mpi(4, _args(tiny_world, split, N), timeout=240)
-    assert res.returncode == 0, res.output[-3000:]
-    first = json.loads((split / "summary.json").read_text())["losses"]
-    res = run_mpi(4, _args(tiny_world, split, 2 * N, "--resume"), timeout=240)
-    assert res.returncode == 0, res.output[-3000:]
+    full = _train(tiny_world, straight, 2 * N, checkpoint_every=N)[0]["losses"]
+    first = _train(tiny_world, split, N)[0]["losses"]
+    summary, res = _train(tiny_world, split, 2 * N, resume=True)
     assert f"latest complete checkpoint is ckpt-{N:08d}" in res.output
     assert "resuming from" in res.output and f"at step {N}" in res.output
-    second = json.loads((split / "summary.json").read_text())["losses"]
-    full = json.loads((straight / "summary.json").read_text())["losses"]
+    second = summary["losses"]
     assert first + second == full          # exact float equality, step by step
     a, b = latest_complete(straight), latest_complete(split)
     assert a.name == b.name == f"ckpt-{2 * N:08d}"

@@ -1,6 +1,5 @@
 """Resume mid-day on another worker count: the day's untrained rows are split exactly among
 the new workers (no row trained twice, none skipped), counted row by row."""
-import json
 from collections import Counter
 
 import pytest
@@ -9,8 +8,8 @@ from hvams.config import ConfigError, TrainConfig
 from hvams.data.reader import DayReader
 from hvams.data.schema import Schema
 from hvams.train.plan import resolve_days
-from hvams.train.worker import Position, resplit
-from mpi_harness import py, run_mpi
+from hvams.worker.position import Position, resplit
+from mpi_harness import train_ok
 
 
 def _rows(batches):
@@ -76,15 +75,10 @@ def test_skip_mode_mid_day_change_is_a_clear_error(tiny_world):
 
 def test_resume_on_another_worker_count_trains_every_row_once(tiny_world, tmp_path):
     out = tmp_path / "run"
-    args = ["cli", "train", "--data", tiny_world, "--out", out, "--servers", "1",
-            "--model", "idonly", "--batch-size", "32", "--no-progress"]
-    res = run_mpi(3, py(*args, "--max-steps", "3"), timeout=240)           # 2 workers
-    assert res.returncode == 0, res.output[-3000:]
-    first = json.loads((out / "summary.json").read_text())
-    res = run_mpi(4, py(*args, "--resume"), timeout=240)                   # 3 workers
-    assert res.returncode == 0, res.output[-3000:]
+    keys = dict(timeout=240, servers=1, model="idonly", batch_size=32)
+    first, _ = train_ok(3, tiny_world, out, max_steps=3, **keys)            # 2 workers
+    second, res = train_ok(4, tiny_world, out, resume=True, **keys)         # 3 workers
     assert "2 -> 3 workers mid-day" in res.output
-    second = json.loads((out / "summary.json").read_text())
     schema = Schema.load(tiny_world)
     total = sum(b.n for d in resolve_days(TrainConfig(data=str(tiny_world)))[0]
                 for b in DayReader(d, schema, 4096, prefetch=0))

@@ -7,7 +7,7 @@ from cli.main import main
 from hvams.data.posters import TRAITS, poster_preset, synthesize_posters
 from hvams.models.attributes import attribute_labels
 from hvams.models.image import SmallCNN
-from hvams.models.selfsup import (augment, backbone_features, linear_probe, load_store_pixels,
+from hvams.pretrain.selfsup import (augment, backbone_features, linear_probe, load_store_pixels,
                                   nt_xent, pretrain_on_pixels)
 
 

@@ -7,17 +7,14 @@ import pytest
 
 from hvams.serve.export import export_run
 from hvams.serve.predict import predict
-from mpi_harness import py, run_mpi
+from mpi_harness import train_ok
 
 
 @pytest.fixture(scope="module")
 def trained(tiny_world, tmp_path_factory):
     out = tmp_path_factory.mktemp("trained") / "run"
     tb = out.parent / "tb"
-    res = run_mpi(4, py("cli", "train", "--data", tiny_world, "--out", out, "--servers", 2,
-                        "--model", "dicm", "--batch-size", 64, "--no-progress", "--tensorboard", tb,
-                        "--log-every", 5), timeout=300)
-    assert res.returncode == 0, res.output[-3000:]
+    train_ok(4, tiny_world, out, servers=2, model="dicm", batch_size=64, tensorboard=tb, log_every=5)
     return out, tb
 
 
@@ -66,10 +63,8 @@ def test_warm_start_loads_all_but_id_embeddings(trained, tiny_world, tmp_path):
 
     run, _ = trained
     out = tmp_path / "warm"
-    res = run_mpi(3, py("cli", "train", "--data", tiny_world, "--out", out, "--servers", 1,
-                        "--model", "dicm", "--batch-size", 64, "--max-steps", 1, "--no-progress",
-                        "--warm-start", run), timeout=300)
-    assert res.returncode == 0, res.output[-3000:]
+    _, res = train_ok(3, tiny_world, out, servers=1, model="dicm", batch_size=64, max_steps=1,
+                      warm_start=run)
     report = json.loads((out / "warm_start.json").read_text())
     src = torch.load(sorted(run.glob("ckpt-*"))[-1] / "dense.pt", weights_only=False)["model"]
     assert report["worker_model"]["loaded"] == sorted(src) and not report["worker_model"]["not_loaded"]

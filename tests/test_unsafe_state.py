@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from hvams.train import checkpoint as ckpt
-from mpi_harness import py, run_job, run_mpi
+from mpi_harness import run_job, run_train, train_ok
 
 
 class Payload:
@@ -26,10 +26,8 @@ def planted(tiny_world, tmp_path_factory):
     updated, so the checkpoint still counts as complete)."""
     base = tmp_path_factory.mktemp("unsafe")
     run = base / "run"
-    res = run_mpi(2, py("cli", "train", "--data", tiny_world, "--out", run, "--servers", "1",
-                        "--model", "idonly", "--batch-size", "32", "--max-steps", "2",
-                        "--no-progress"), timeout=180)
-    assert res.returncode == 0, res.output[-3000:]
+    train_ok(2, tiny_world, run, timeout=180, servers=1, model="idonly", batch_size=32,
+             max_steps=2)
     d = ckpt.latest_complete(run)
     marker = base / "PWNED"
     torch.save({"model": Payload(marker)}, d / "dense.pt")
@@ -47,15 +45,14 @@ def test_loader_refuses_without_running_the_code(planted):
     assert not marker.exists()
 
 
-def _train(world, out, *extra):
-    return run_mpi(2, py("cli", "train", "--data", world, "--out", out, "--servers", "1",
-                         "--model", "idonly", "--batch-size", "32", "--max-steps", "4",
-                         "--no-progress", *extra), timeout=180)
+def _train(world, out, **keys):
+    return run_train(2, world, out, timeout=180, servers=1, model="idonly", batch_size=32,
+                     max_steps=4, **keys)
 
 
 def test_resume_from_a_planted_checkpoint_is_refused(tiny_world, planted):
     run, marker = planted
-    res = _train(tiny_world, run, "--resume")
+    res = _train(tiny_world, run, resume=True)
     assert res.returncode != 0 and not res.timed_out
     assert "UnsafeStateError" in res.output and "refused to load" in res.output
     assert "Traceback" not in res.output, res.output[-3000:]
@@ -64,7 +61,7 @@ def test_resume_from_a_planted_checkpoint_is_refused(tiny_world, planted):
 
 def test_warm_start_from_a_planted_run_is_refused(tiny_world, planted, tmp_path):
     run, marker = planted
-    res = _train(tiny_world, tmp_path / "new", "--warm-start", run)
+    res = _train(tiny_world, tmp_path / "new", warm_start=run)
     assert res.returncode != 0 and not res.timed_out
     assert "refused to load" in res.output and "Traceback" not in res.output, res.output[-3000:]
     assert not marker.exists()

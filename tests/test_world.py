@@ -8,7 +8,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.preprocessing import OneHotEncoder
 
 from hvams.data.render import ATTRIBUTES
-from hvams.data.synth import preset, synthesize
+from hvams.data.synth import preset
+from hvams.pretrain import synthesize_world
 from hvams.metrics import auc
 from hvams.store.lmdb_store import ImageStore, read_manifest
 
@@ -29,12 +30,12 @@ def test_same_seed_same_bytes(tmp_path, tiny_world):
     threads = torch.get_num_threads()
     torch.set_num_threads(3)  # the pretrained backbone must not depend on the thread count
     try:
-        synthesize(again, preset("tiny"), progress=False)
+        synthesize_world(again, preset("tiny"), progress=False)
     finally:
         torch.set_num_threads(threads)
     assert _digest(again) == _digest(tiny_world)
     other = tmp_path / "other"
-    synthesize(other, preset("tiny", seed=1, train_days=1), progress=False)
+    synthesize_world(other, preset("tiny", seed=1, train_days=1), progress=False)
     assert _digest(other) != _digest(tiny_world)
 
 

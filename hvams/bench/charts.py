@@ -8,6 +8,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from ..strategies import Strategy  # noqa: E402
+
 
 def _save(fig, path: Path, caption: str) -> Path:
     """The command and machine as a caption under the plot; PNG at ``path``."""
@@ -61,7 +63,8 @@ def network_chart(result: dict, path: Path, caption: str) -> Path:
     rates = result["rates"]
     fig, ax = plt.subplots(figsize=(8, 4.4))
     styles = {"frozen": "-", "trainable": "--"}
-    colors = {"store-in-worker": "tab:blue", "store-in-server": "tab:orange", "ams": "tab:green"}
+    colors = {Strategy.STORE_IN_WORKER: "tab:blue", Strategy.STORE_IN_SERVER: "tab:orange",
+              Strategy.AMS: "tab:green"}
     for v, by_s in result["table"].items():
         for s, row in by_s.items():
             backbone, wire = result["labels"][v]["backbone"], result["labels"][v]["wire"]

@@ -21,12 +21,13 @@ from ..data.schema import Schema
 from ..imaging.payload import payload_spec
 from ..models.image import feature_dim_of
 from ..store.verify import store_stats
+from ..strategies import Strategy
 from ..train.plan import resolve_days
 from ..train.report import human
 from .jobs import save_json, timed_config, train_job
 from .machine import label
 
-STRATEGIES = ("store-in-worker", "store-in-server", "ams")
+STRATEGIES = (Strategy.STORE_IN_WORKER, Strategy.STORE_IN_SERVER, Strategy.AMS)  # table order
 IMAGE_CATEGORIES = ("image_keys", "image_payload", "image_grads", "allreduce_servers")
 PAPER_PER_IMAGE = 4096 * 4       # the paper's fc6 vector, fp32
 
@@ -69,7 +70,7 @@ def run_comm(base: TrainConfig, ranks: int, steps: int, out: Path, timeout: floa
         cfg = timed_config(replace(base, strategy=strategy), steps, out / strategy)
         print(f"bench comm: {strategy} ({steps} steps, {ranks} ranks) ...", flush=True)
         runs[strategy] = train_job(cfg, ranks, timeout)["summary"]
-    s0 = runs["ams"]
+    s0 = runs[Strategy.AMS]
     workers, servers = s0["workers"], s0["servers"]
     table = {}
     for strategy, summ in runs.items():
@@ -82,7 +83,7 @@ def run_comm(base: TrainConfig, ranks: int, steps: int, out: Path, timeout: floa
             "worker_unique_images_per_step": img.get("requested_by_workers_total", 0) / max(summ["steps"], 1),
             "server_unique_images_per_step": img.get("unique_per_server_total", 0) / max(summ["steps"], 1),
             "losses": summ["losses"]}
-    ams, sis = table["ams"], table["store-in-server"]
+    ams, sis = table[Strategy.AMS], table[Strategy.STORE_IN_SERVER]
     refs = ams["worker_unique_images_per_step"] or 1
     result = {
         "machine": label(servers, workers), "steps": steps, "servers": servers, "workers": workers,
@@ -118,7 +119,7 @@ def format_comm(r: dict) -> str:
     for key, name in (("image", "**image total**"), ("total", "**total**")):
         lines.append(f"| {name} | " + " | ".join(f"**{human(r['strategies'][s][key])}**"
                                                  for s in STRATEGIES) + " |")
-    a = r["strategies"]["ams"]
+    a = r["strategies"][Strategy.AMS]
     lines += ["", f"store-in-server / AMS, total bytes: **{r['ratio_total_sis_over_ams']:.1f}x**"
               + (f"; image bytes: **{r['ratio_image_sis_over_ams']:.1f}x**"
                  if r["ratio_image_sis_over_ams"] else ""),

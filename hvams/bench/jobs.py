@@ -16,6 +16,10 @@ from ..distributed.launch import local_env, mpirun_command, python_argv
 class BenchError(RuntimeError):
     """A benchmark job failed; the message names the job and its log."""
 
+    user_error = True   # the log's tail says it all: reported without a traceback
+    exit_code = 1       # a run failed
+    what = "bench failed"
+
 
 def _tail(path: Path, lines: int = 15) -> str:
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

@@ -27,9 +27,3 @@ def label(servers: int, workers: int) -> str:
     return (f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB; "
             f"{servers} server + {workers} worker ranks on this one machine")
 
-
-def peak_rss_mb() -> float:
-    """This process's peak resident set size so far, in MB."""
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -19,6 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..config import ConfigError, TrainConfig
+from ..strategies import Strategy
 from .comm import STRATEGIES
 from .jobs import BenchError, save_json, timed_config, train_job
 from .machine import label
@@ -112,11 +113,11 @@ def run_network(base: TrainConfig, hosts: int, ranks: int, steps: int, warmup: i
             for rate in rates:
                 row[rate]["slowdown"] = row[rate]["median"] / ref
             table[v][s] = row
-        if "ams" in by_s and "store-in-server" in by_s:
+        ams, sis = by_s.get(Strategy.AMS), by_s.get(Strategy.STORE_IN_SERVER)
+        if ams and sis:
             # the target's ratio: per round, then the median, so both runs of a pair saw one neighbour
-            table[v]["ams"]["vs_store_in_server"] = {
-                rate: statistics.median(a["rate"] / b["rate"] for a, b in
-                                        zip(by_s["ams"][rate], by_s["store-in-server"][rate]))
+            table[v][Strategy.AMS]["vs_store_in_server"] = {
+                rate: statistics.median(a["rate"] / b["rate"] for a, b in zip(ams[rate], sis[rate]))
                 for rate in rates}
     result = {"machine": label(*layout).replace("on this one machine",
                                                 f"on {hosts} fake hosts (network namespaces)"),
@@ -152,7 +153,7 @@ def format_network(r: dict) -> str:
                 f"{row[x]['median']:,.0f} ({row[x]['min']:,.0f}–{row[x]['max']:,.0f})" for x in rates)
                 + " | " + " | ".join(f"{row[x]['slowdown']:.2f}x" for x in rates[1:]) + " |")
     for v, by_s in r["table"].items():
-        ratio = by_s.get("ams", {}).get("vs_store_in_server")
+        ratio = by_s.get(Strategy.AMS, {}).get("vs_store_in_server")
         if ratio:
             lines.append(f"\n{v}: AMS / store-in-server samples/s (median of per-round ratios): " +
                          ", ".join(f"{x} {ratio[x]:.2f}x" for x in rates))

@@ -19,10 +19,11 @@ import torch
 
 from ..config import TrainConfig
 from ..data.schema import Schema
+from ..reference import OneProcess, global_batches
+from ..strategies import Strategy
 from .comm import STRATEGIES
 from .jobs import save_json, timed_config, train_job
 from .machine import label
-from .oneproc import OneProcess, global_batches
 
 VARIANTS = ("trainable", "frozen")
 ONE_PROCESS = "one process"
@@ -82,10 +83,11 @@ def run_speed(base: TrainConfig, ranks: int, steps: int, rounds: int, warmup: in
               "stage_s_per_step": stages}
     result["ratios"] = {}
     for v, med in result["median"].items():
-        result["ratios"][v] = {"ams_over_store_in_worker": med["ams"] / med["store-in-worker"],
-                               "ams_over_store_in_server": med["ams"] / med["store-in-server"]}
+        ams = med[Strategy.AMS]
+        result["ratios"][v] = {"ams_over_store_in_worker": ams / med[Strategy.STORE_IN_WORKER],
+                               "ams_over_store_in_server": ams / med[Strategy.STORE_IN_SERVER]}
         if one_process:
-            result["ratios"][v]["ams_step_over_one_process_step"] = med[ONE_PROCESS] / med["ams"]
+            result["ratios"][v]["ams_step_over_one_process_step"] = med[ONE_PROCESS] / ams
     save_json(out / "speed.json", result)
     return result
 

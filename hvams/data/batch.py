@@ -73,9 +73,9 @@ def index_keys(batch: Batch, schema: Schema) -> Batch:
     """Fill ``table_keys``, ``image_keys`` and ``index`` (np.unique per table)."""
     groups: dict[str, list[str]] = {}
     for f in schema.fields:
-        if f.kind in ("id", "id_list"):
+        if f.is_id:
             groups.setdefault(f.table, []).append(f.name)
-        elif f.kind in ("image", "image_list"):
+        elif f.is_image:
             groups.setdefault("\0image", []).append(f.name)
     for table, names in groups.items():
         cols = [batch.column(n) for n in names]

@@ -31,10 +31,10 @@ class MalformedDataError(ValueError):
     user_error = True  # bad input: reported without a traceback
 
 
-def _type_ok(kind: str, t: pa.DataType) -> bool:
-    if kind in ("id_list", "image_list"):
+def _type_ok(f, t: pa.DataType) -> bool:
+    if f.is_list:
         return (pa.types.is_list(t) or pa.types.is_large_list(t)) and pa.types.is_integer(t.value_type)
-    if kind in ("id", "image"):
+    if f.is_id or f.is_image:
         return pa.types.is_integer(t)
     return pa.types.is_integer(t) or pa.types.is_floating(t) or pa.types.is_boolean(t)
 
@@ -43,12 +43,12 @@ def check_column_types(path: str, arrow_schema: pa.Schema, schema: Schema) -> No
     """Each schema field's column has a type its kind can read; else an error naming them."""
     for f in schema.fields:
         t = arrow_schema.field(f.name).type
-        if _type_ok(f.kind, t):
+        if _type_ok(f, t):
             continue
         want = {"id": "an integer", "image": "an integer", "id_list": "a list of integers",
                 "image_list": "a list of integers"}.get(f.kind, "a number")
         hint = (" (string image keys: map them to int64 ids with `hvams images keys`, "
-                "see docs/data.md)" if f.kind in ("image", "image_list") else "")
+                "see docs/data.md)" if f.is_image else "")
         raise MalformedDataError(f"{path}: column {f.name!r} has type {t}, but schema field "
                                  f"{f.name!r} (kind {f.kind}) needs {want}{hint}")
 
@@ -192,7 +192,7 @@ class DayReader:
                     mask = np.zeros(n, bool)
                     mask[owners[flat < 0]] = True
                     bad(mask, f.name, "negative id")
-            elif f.kind in ("id", "image"):
+            elif f.is_id or f.is_image:
                 vals = pc.fill_null(col, 0).to_numpy(zero_copy_only=False)
                 bad(vals < 0, f.name, "negative id")
             elif f.kind == "label":

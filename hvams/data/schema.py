@@ -15,6 +15,8 @@ ROLES = ("user", "ad", "scenario", "behavior", "image", "label", "meta")
 # image ids (ad image, behavior images); label: 0/1; float; flag: 0/1 int.
 KINDS = ("id", "id_list", "image", "image_list", "label", "float", "flag", "int")
 SCHEMA_FILE = "schema.json"
+# The channel that serves image fields (ID fields are served by their table's channel).
+IMAGE_CHANNEL = "image"
 
 
 @dataclass(frozen=True)
@@ -31,8 +33,18 @@ class Field:
             raise ValueError(f"field {self.name}: unknown role {self.role!r}; one of {ROLES}")
         if self.kind not in KINDS:
             raise ValueError(f"field {self.name}: unknown kind {self.kind!r}; one of {KINDS}")
-        if self.kind in ("id", "id_list") and not self.table:
+        if self.is_id and not self.table:
             raise ValueError(f"field {self.name}: an id field needs an embedding table")
+
+    @property
+    def is_id(self) -> bool:
+        """An ID or a list of IDs, embedded from its table."""
+        return self.kind in ("id", "id_list")
+
+    @property
+    def is_image(self) -> bool:
+        """An image key or a list of them, embedded by the image channel."""
+        return self.kind in ("image", "image_list")
 
     @property
     def is_list(self) -> bool:
@@ -79,7 +91,7 @@ class Schema:
     @property
     def id_fields(self) -> list[Field]:
         """Single-valued id fields, in schema order."""
-        return [f for f in self.fields if f.kind == "id"]
+        return [f for f in self.fields if f.is_id and not f.is_list]
 
     @property
     def list_fields(self) -> list[Field]:
@@ -88,7 +100,7 @@ class Schema:
 
     @property
     def image_fields(self) -> list[Field]:
-        return [f for f in self.fields if f.kind in ("image", "image_list")]
+        return [f for f in self.fields if f.is_image]
 
     @property
     def tables(self) -> list[str]:
@@ -101,8 +113,8 @@ class Schema:
 
     def paired_behavior_fields(self) -> list[tuple[Field, Field]]:
         """(ad field, behavior list field) pairs that share a table (DIN query/key)."""
-        ad = [f for f in self.fields if f.role == "ad" and f.kind == "id"]
-        beh = [f for f in self.fields if f.kind == "id_list"]
+        ad = [f for f in self.id_fields if f.role == "ad"]
+        beh = [f for f in self.fields if f.is_id and f.is_list]
         return [(a, b) for a in ad for b in beh if a.table == b.table]
 
     def columns(self) -> list[str]:

@@ -432,8 +432,12 @@ def _write_truth(world: World, out: Path) -> None:
 
 
 def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
-               overwrite: bool = False) -> dict:
-    """Write the Parquet days, the image store and ``world.json`` under ``out``."""
+               overwrite: bool = False, pretrain=None) -> dict:
+    """Write the Parquet days, the image store and ``world.json`` under ``out``.
+
+    ``pretrain(path, n, epochs, size, render_size, seed=, log=)`` writes the world's
+    pretrained backbone when ``cfg.pretrain_images`` asks for one; without it the
+    world has none (``hvams.pretrain.synthesize_world`` passes the trainer)."""
     from ..store.ingest import ingest
 
     out = fresh_dir(out, overwrite)
@@ -479,11 +483,9 @@ def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
                      check=True, progress=progress)
     _write_truth(world, out)
     pretrained = None
-    if cfg.pretrain_images:
-        from ..models.pretrain import pretrain_small_cnn
-
+    if cfg.pretrain_images and pretrain is not None:
         (out / "backbone").mkdir()
-        pretrained = pretrain_small_cnn(
+        pretrained = pretrain(
             str(out / BACKBONE_FILE), cfg.pretrain_images, cfg.pretrain_epochs, cfg.pretrain_size,
             cfg.image_size, seed=1_000_003 + cfg.seed,
             log=(lambda m: print(m, flush=True)) if progress else (lambda m: None))

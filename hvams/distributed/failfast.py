@@ -44,8 +44,19 @@ def abort_quietly(code: int) -> None:
     MPI.COMM_WORLD.Abort(code)
 
 
+_HOOKED = False
+
+
+def abort_hook_installed() -> bool:
+    """Whether this process is a rank of a started job (its errors end the whole job)."""
+    return _HOOKED
+
+
 def install_abort_hook(describe) -> None:
     """Uncaught exception on this rank -> one clear message -> abort the job."""
+    global _HOOKED
+    _HOOKED = True
+
     def hook(exc_type, exc, tb):
         sys.stderr.write(f"hvams: {describe()} failed: {exc_type.__name__}: {exc}\n")
         if getattr(exc, "user_error", False):  # bad input: the message says it all

@@ -14,8 +14,8 @@ class IdOnly(nn.Module):
 
     def __init__(self, schema: Schema, dim: int, hidden: list[int]):
         super().__init__()
-        self.single = [f.name for f in schema.fields if f.kind == "id"]
-        self.pooled = [f.name for f in schema.fields if f.kind == "id_list"]
+        self.single = [f.name for f in schema.id_fields]
+        self.pooled = [f.name for f in schema.fields if f.is_id and f.is_list]
         self.dim = dim
         self.tower = mlp(dim * (len(self.single) + len(self.pooled)), hidden, 2)
 

@@ -13,9 +13,7 @@ import numpy as np
 import torch
 
 from ..data.batch import Batch
-from ..data.schema import Schema
-
-IMAGE_CHANNEL = "image"
+from ..data.schema import IMAGE_CHANNEL, Schema
 
 
 @dataclass
@@ -29,14 +27,14 @@ class Inputs:
 
 def channel_of(field) -> str:
     """Channel (embedding table, or the image channel) that serves a field."""
-    return IMAGE_CHANNEL if field.kind in ("image", "image_list") else field.table
+    return IMAGE_CHANNEL if field.is_image else field.table
 
 
 def model_fields(schema: Schema, with_images: bool):
     """Fields a model embeds, in schema order."""
-    out = [f for f in schema.fields if f.kind in ("id", "id_list")]
+    out = [f for f in schema.fields if f.is_id]
     if with_images:
-        out += [f for f in schema.fields if f.kind in ("image", "image_list")]
+        out += schema.image_fields
     return out
 
 

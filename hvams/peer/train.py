@@ -27,8 +27,8 @@ from ..config import ConfigError, TrainConfig, load_config
 from ..data.reader import DayReader
 from ..data.schema import Schema
 from ..metrics import Scores, evaluate_parts
-from ..bench.machine import peak_rss_mb
-from ..bench.oneproc import concat
+from ..runtime.memory import peak_rss_mb
+from ..reference import concat
 from ..train.plan import lr_scale, resolve_days
 from .model import TorchRecIdOnly, feature_order, to_peer_batch
 from .sharding import shard

@@ -18,7 +18,7 @@ from ..data.schema import Schema
 
 
 def id_fields(schema: Schema):
-    return [f for f in schema.fields if f.kind in ("id", "id_list")]
+    return [f for f in schema.fields if f.is_id]
 
 
 def build_vocab(schema: Schema, days: list[Path]) -> dict[str, np.ndarray]:

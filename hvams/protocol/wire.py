@@ -1,4 +1,5 @@
-"""How rows and row gradients travel between servers and workers (config ``row_compression``).
+"""How rows and row gradients travel between servers and workers (config ``row_compression``;
+``Compression.row_dtype`` gives a channel's dtype on the wire).
 
 ``none`` sends them in their host dtype (float32, or float64 under fp64): exact,
 as the equivalence tests need. ``fp16`` halves their bytes: values are rounded
@@ -12,18 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
+
 class WireOverflow(RuntimeError):
     """A row or gradient outside fp16's range."""
 
     user_error = True  # a setting to change, reported without a traceback
-
-
-def on_wire(host: np.dtype, compression: str) -> np.dtype:
-    """The dtype of a channel's rows on the wire (uint8 pixels are never narrowed)."""
-    host = np.dtype(host)
-    if compression == "fp16" and host.kind == "f":
-        return np.dtype(np.float16)
-    return host
 
 
 def to_wire(x: np.ndarray, wire: np.dtype, kind: str, channel: str, scale: float = 1.0

@@ -10,9 +10,9 @@ import os
 
 import torch
 
-from ..config import ConfigError
+from ..config import ConfigError, choices
 
-from ..config import DEVICES
+DEVICES = choices("device")
 
 
 class DeviceError(ConfigError):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..config import ConfigError
+from ..config import choices
 
-from ..config import PRECISIONS
+PRECISIONS = choices("precision")
 
 
 @dataclass(frozen=True)
@@ -41,8 +41,6 @@ _TABLE = {"fp32": (torch.float32, None), "bf16": (torch.float32, torch.bfloat16)
 
 
 def resolve_precision(name: str, device: torch.device) -> Precision:
-    if name not in PRECISIONS:
-        raise ConfigError(f"config key 'precision': must be one of {PRECISIONS} (got {name!r})")
     if name == "auto":
         name = "bf16" if device.type == "cuda" else "fp32"
     dtype, autocast = _TABLE[name]

@@ -28,6 +28,7 @@ from ..models import build_model
 from ..models.image import build_image_model
 from ..models.inputs import model_fields
 from ..store.lmdb_store import ImageStore, read_manifest
+from ..strategies import strategy_for
 from ..train import checkpoint as ckpt
 
 
@@ -38,10 +39,10 @@ def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
     if d is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     dense = ckpt.load_torch(d / "dense.pt")
-    image = None
-    if cfg.uses_images:
-        image = (ckpt.load_torch(d / "image.pt")["model"] if cfg.strategy == "ams"
-                 else dense["image_model"])
+    image = strategy_for(cfg).image_weights(d)
+    if cfg.uses_images and image is None:
+        raise FileNotFoundError(f"{d}: holds no image model (strategy {cfg.strategy}), so "
+                                f"{cfg.model} cannot be exported")
     return cfg, d, dense, image
 
 

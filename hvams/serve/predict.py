@@ -12,7 +12,7 @@ import torch
 
 from ..data.batch import Batch
 from ..data.reader import DayReader
-from ..data.schema import Schema
+from ..data.schema import IMAGE_CHANNEL, Schema
 from ..embedding.init import initial_rows
 from ..metrics import evaluate
 from ..models.inputs import build_inputs
@@ -64,7 +64,7 @@ class Lookup:
             r[found] = rows[pos[found]]
             self.counts["images"] += len(found)
             self.counts["unknown_images"] += int((~found).sum())
-            out["image"] = torch.from_numpy(r)
+            out[IMAGE_CHANNEL] = torch.from_numpy(r)
         return out
 
 

@@ -1,1 +1,2 @@
-"""Training runs: the plain worker loop, evaluation, checkpoints, the entry point."""
+"""Training runs: the job entry, the Job, the restore step, checkpoints, evaluation records,
+reports."""

@@ -1,8 +1,9 @@
 """Entry point of a training job: every rank runs ``run_training(cfg)``.
 
-Servers run the passive server loop (``server_role``); workers run the
-training loop and send the commands: train, eval, checkpoint, stop
-(``worker_role``). All ranks meet at the world barrier in ``finish``.
+It makes the rank's ``Job``; servers then run the passive server loop
+(``hvams.server``), workers the training loop that sends the commands: train,
+eval, checkpoint, stop (``hvams.worker``). All ranks meet at the world
+barrier in ``finish``.
 """
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ from pathlib import Path
 
 import torch
 
-from ..bench.machine import peak_rss_mb
 from ..config import NODE_FIELD, TrainConfig
 from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
@@ -24,14 +24,16 @@ from ..distributed.topology import build_topology, finish
 from ..protocol import timing
 from ..protocol.accounting import ByteCounter
 from ..runtime import role_runtime
-from . import checkpoint as ckpt
-from .assemble import channel_specs
+from ..runtime.memory import peak_rss_mb
+from ..server.run import run_server
+from ..strategies import strategy_for
+from ..worker.run import run_worker
+from .job import Job, channel_specs
 from .plan import resolve_days
 from .report import format_bytes_table
-from .server_role import run_server
+from .restore import choose_start
 from .summary import summarize
 from .tensorboard import TensorBoardLog
-from .worker_role import run_worker
 
 
 def _lists(folder: Path, name: str) -> bool:
@@ -83,11 +85,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
     _require_shared_run_dir(topo, run_dir)
     if cfg.images and NODE_FIELD in cfg.images:  # a store placed per host (hvams images place)
         cfg = replace(cfg, images=cfg.images.replace(NODE_FIELD, topo.node))
-    resume_dir = ckpt.latest_complete(run_dir) if cfg.resume else None
-    if cfg.resume and resume_dir is None and topo.rank == 0:
-        print(f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
-    elif resume_dir is not None and topo.rank == 0:
-        print(f"hvams: --resume: latest complete checkpoint is {resume_dir.name}", flush=True)
+    start = choose_start(cfg, run_dir, topo.rank)
     rt = role_runtime(cfg, topo.role, topo.local_rank, topo.local_size)
     if rt.is_cuda:
         torch.cuda.set_device(rt.device)
@@ -95,18 +93,16 @@ def run_training(cfg: TrainConfig) -> dict | None:
             timing.set_sync(torch.cuda.synchronize)
     if topo.role_rank == 0:
         print(f"hvams: {topo.role}s on {rt.describe()}", flush=True)
-    specs = channel_specs(cfg, schema)
+    strategy = strategy_for(cfg)
+    specs = channel_specs(cfg, schema, strategy)
     counter = ByteCounter()
     counter.watchdog = watchdog
     torch.manual_seed(cfg.seed)
     t0 = time.perf_counter()
     tb = TensorBoardLog(topo, cfg.tensorboard, cfg.log_every, counter)
-    if topo.is_server:
-        result = run_server(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days, tb,
-                            rt)
-    else:
-        result = run_worker(cfg, schema, topo, specs, counter, resume_dir, run_dir, train_days,
-                            test_day, tb, rt)
+    job = Job(cfg, schema, topo, rt, strategy, specs, counter, run_dir, train_days, test_day, tb,
+              start)
+    result = run_server(job) if topo.is_server else run_worker(job)
     tb.close()
     elapsed = time.perf_counter() - t0
     result.update({"role": topo.role, "role_rank": topo.role_rank, "device": rt.describe(),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 
 from ..config import TrainConfig
+from ..data.schema import IMAGE_CHANNEL
 from ..distributed.topology import Topology
 
 
@@ -23,8 +24,10 @@ def image_summary(servers: list[dict], workers: list[dict]) -> dict | None:
         return None
     keys = ("requested", "served", "decoded", "missing", "corrupt", "backbone_runs")
     out = {k: sum(r["images"].get(k, 0) for r in holders) for k in keys}
-    out["unique_per_server_total"] = sum(s["server"]["unique"].get("image", 0) for s in servers)
-    out["requested_by_workers_total"] = sum(s["server"]["requested"].get("image", 0) for s in servers)
+    out["unique_per_server_total"] = sum(s["server"]["unique"].get(IMAGE_CHANNEL, 0)
+                                         for s in servers)
+    out["requested_by_workers_total"] = sum(s["server"]["requested"].get(IMAGE_CHANNEL, 0)
+                                            for s in servers)
     pc = [r["images"]["pixel_cache"] for r in holders if "pixel_cache" in r["images"]]
     hits, misses = sum(p["hits"] for p in pc), sum(p["misses"] for p in pc)
     out["pixel_cache_hit_rate"] = hits / (hits + misses) if hits + misses else 0.0

@@ -36,7 +36,7 @@ from ..imaging.source import normalize, resize_uint8
 from ..store.decode import decode_rgb
 from ..store.errors import CorruptImageError
 from ..store.lmdb_store import ImageStore
-from .image import SmallCNN
+from ..models.image import SmallCNN
 
 
 def load_store_pixels(store_dir: str, size: int, max_images: int | None, seed: int,

@@ -17,16 +17,17 @@ import torch
 from ..imaging.embed import PixelEmbedder
 from ..imaging.payload import pack
 from ..imaging.source import ImageSource
-from ..distributed.compression import horovod_compression, wire_bytes
+from ..protocol.channels import ChannelSpec
+from ..protocol.compression import Compression
 from ..protocol.timing import stage
-from .channels import ChannelSpec
 
 
 class AmsImageChannel:
     def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder, topo,
-                 counter, lr: float, compression: str = "none"):
+                 counter, lr: float, compression: Compression = Compression.NONE):
         self.spec, self.source, self.embedder, self.topo, self.counter = spec, source, embedder, topo, counter
-        self.compression = compression
+        self.compression = Compression(compression)
+        self.trained_model = embedder.model  # the shared image model trains here
         self.params = embedder.model.trainable_parameters()
         self.opt = torch.optim.Adam(self.params, lr=lr)
         self.lr = lr
@@ -56,11 +57,11 @@ class AmsImageChannel:
         if self.topo.num_servers > 1:
             import horovod.torch as hvd
 
-            self.counter.add("allreduce_servers", wire_bytes(grads, self.compression))
+            self.counter.add("allreduce_servers", self.compression.allreduce_bytes(grads))
             with stage("image_allreduce"):
                 grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
                                               name="image_model_grads",
-                                              compression=horovod_compression(self.compression))
+                                              compression=self.compression.horovod())
         for p, g in zip(self.params, grads):
             p.grad = g
         for group in self.opt.param_groups:
@@ -82,6 +83,8 @@ class AmsImageChannel:
 
 class PixelChannel:
     """store-in-server: pixels or frozen-backbone features go to the workers."""
+
+    trained_model = None  # the image model trains on the workers
 
     def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder | None):
         self.spec, self.source, self.embedder = spec, source, embedder

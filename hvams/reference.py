@@ -59,7 +59,7 @@ class OneProcess:
                  runtime: Runtime | None = None):
         self.cfg, self.schema, self.batches = cfg, schema, batches
         self.rt = rt = runtime or role_runtime(cfg, "worker")
-        self.fields = [f for f in schema.fields if f.kind in ("id", "id_list")]
+        self.fields = [f for f in schema.fields if f.is_id]
         vocab: dict[str, set] = {}
         for b in batches:
             for f in self.fields:

@@ -20,7 +20,7 @@ from ..protocol.timing import stage
 from ..protocol.wire import from_wire, grad_scale, to_wire
 from ..distributed.failfast import maybe_inject_fault
 from ..distributed.topology import Topology
-from .channels import dtype_groups
+from ..protocol.channels import dtype_groups
 
 
 def _split(flat: np.ndarray, counts: np.ndarray, widths: list[int]) -> list[np.ndarray]:

@@ -9,7 +9,7 @@ from ..protocol.exchange import Exchange
 from ..protocol.waiting import policy_for
 from ..protocol.messages import HEADER_FIXED, Phase, header_width
 from ..protocol.wire import from_wire, grad_scale, to_wire
-from .channels import ChannelSpec, dtype_groups
+from ..protocol.channels import ChannelSpec, dtype_groups
 
 
 class StepClient:

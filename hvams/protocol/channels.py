@@ -1,9 +1,10 @@
-"""Channels: what a server serves per key, and how a worker routes keys.
+"""Channel specs: what both sides of the step protocol agree on per channel.
 
 Every step moves keys worker->server, rows server->worker and (when
 training) gradients worker->server, for each channel in a fixed order. An
-ID embedding table is one channel; the image channel (AMS) plugs into the
-same flow with rows computed by the shared image model.
+ID embedding table is one channel; the image channel plugs into the same
+flow (its rows are embeddings, pixels or features, as the strategy says).
+The server-side channels that answer them are in ``hvams.server``.
 """
 from __future__ import annotations
 
@@ -12,9 +13,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..embedding.shard import EmbeddingShard
+from ..data.schema import IMAGE_CHANNEL
 from ..keys import name_salt, owner
-from ..protocol.timing import stage
 
 
 @dataclass
@@ -68,24 +68,6 @@ def image_channel(num_partitions: int, dim: int, dtype=np.float32, trainable: bo
     """The image channel: keys go to the server owning their store partition."""
     from ..store.partition import server_of_image
 
-    return ChannelSpec("image", dim, np.dtype(dtype),
+    return ChannelSpec(IMAGE_CHANNEL, dim, np.dtype(dtype),
                        lambda keys, S: server_of_image(keys, num_partitions, S), "image", trainable,
                        wire)
-
-
-class EmbeddingChannel:
-    """Server side of an ID table: rows from the shard, updates by its optimizer."""
-
-    def __init__(self, spec: ChannelSpec, shard: EmbeddingShard):
-        self.spec, self.shard = spec, shard
-
-    def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
-        with stage("id_serve"):
-            return self.shard.gather(keys, insert=train)
-
-    def update(self, keys: np.ndarray, grads: np.ndarray, lr_scale: float) -> None:
-        with stage("id_update"):
-            self.shard.apply(keys, grads, lr_scale)
-
-    def after_update(self, lr_scale: float) -> None:
-        """Hook for channels that synchronise among servers (the image model)."""

@@ -20,7 +20,7 @@ from torch import nn
 from ..data.render import ATTRIBUTES, encode, render
 from ..imaging.source import normalize, resize_uint8
 from ..store.decode import decode_rgb
-from .image import SmallCNN
+from ..models.image import SmallCNN
 
 
 def pretext_set(n: int, seed: int, render_size: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,1 +1,0 @@
-"""The two roles of an hvams job: servers and workers."""

@@ -1,0 +1,1 @@
+"""The server role: ID shards, image channels, the passive step loop."""

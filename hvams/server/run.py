@@ -1,0 +1,80 @@
+"""A server rank's run: its channels, built fresh and restored, then the passive step loop."""
+from __future__ import annotations
+
+from ..data.reader import day_files, worker_chunks
+from ..data.schema import IMAGE_CHANNEL
+from ..distributed.failfast import maybe_inject_fault
+from ..embedding.shard import EmbeddingShard
+from ..train import checkpoint as ckpt
+from ..train.plan import lr_scale
+from ..train.report import Progress
+from ..train.restore import restore_server
+from ..train.summary import state_digest
+from .channels import EmbeddingChannel
+from .loop import ServerLoop
+
+
+def _total_rows(days) -> int:
+    return sum(sum(c.hi - c.lo for c in worker_chunks(day_files(d), 0, 1)) for d in days)
+
+
+def build_channels(job):
+    """This server's channels in the specs' order: an ID shard per table (fresh rows), and
+    the image channel the strategy builds. Nothing is loaded here."""
+    cfg, shards, channels, image = job.cfg, {}, [], None
+    for spec in job.specs:
+        if spec.name == IMAGE_CHANNEL:
+            image = job.strategy.server_channel(spec, job.rt, job.topo, job.counter)
+            channels.append(image)
+            continue
+        shards[spec.name] = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer,
+                                           cfg.sparse_lr, cfg.seed, cfg.init_scale,
+                                           dtype=spec.dtype)
+        channels.append(EmbeddingChannel(spec, shards[spec.name]))
+    return shards, channels, image
+
+
+class ServerRun:
+    """The server loop of ``job`` with what happens at a checkpoint and after a step."""
+
+    def __init__(self, job):
+        self.job, self.topo = job, job.topo
+        self.shards, channels, self.image = build_channels(job)
+        restore_server(job, self.shards, self.image)
+        self.progress = None
+        if self.topo.role_rank == 0:
+            total = _total_rows(job.train_days) * job.cfg.epochs
+            self.progress = Progress(total, job.cfg.progress, job.cfg.log_every)
+        self.loop = ServerLoop(self.topo, channels, job.counter, lambda s: lr_scale(s, job.cfg),
+                               self.checkpoint, self.after_step)
+
+    def checkpoint(self, step: int) -> None:
+        """This server's shards, and the first server's image-model files (the strategy's)."""
+        d = ckpt.ckpt_dir(self.job.run_dir, step)
+        files = ckpt.save_shards(d, self.topo.role_rank, self.shards,
+                                 fault=lambda: maybe_inject_fault(self.topo.rank, step, "ckpt"))
+        if self.topo.role_rank == 0 and self.image is not None:
+            for name, state in self.job.strategy.server_state(self.image).items():
+                files.update(ckpt.save_torch(d, name, state))
+        ckpt.collect_manifest(self.topo, d, files, None)
+
+    def after_step(self, step: int, n: int) -> None:
+        if self.progress:
+            self.progress.update(step, n)
+        self.job.tb.after_step(step)
+
+    def run(self) -> dict:
+        self.loop.run()
+        if self.progress:
+            self.progress.close()
+        out = {"server": self.loop.stats, "rows": {t: len(s) for t, s in self.shards.items()}}
+        if self.image is not None:
+            out["images"] = self.image.stats()
+            if self.image.trained_model is not None:
+                out["image_model_sha256"] = state_digest(self.image.trained_model.state_dict())
+        return out
+
+
+def run_server(job) -> dict:
+    """Serve ``job``'s workers until they stop; this server's report."""
+    return ServerRun(job).run()

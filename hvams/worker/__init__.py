@@ -1,0 +1,1 @@
+"""The worker role: the step client, the trainer, the training loop."""
