@@ -93,7 +93,7 @@ def measure(directory: Path, mode: str) -> dict:
     shards, rows = {}, 0
     for table in BENCH_VOCAB:
         route = id_route(table)
-        keys, r, slots, step = loader(directory, table, lambda k: route(k, 2) == 0)
+        keys, r, slots, step = loader(directory, table, lambda k: route(k, 2) == 0)[:4]
         sh = EmbeddingShard(table, 12, "adagrad")
         if mode == "whole":  # the old EmbeddingShard.load: insert and copy
             ids = sh.index.insert(keys)

@@ -303,3 +303,130 @@ def network(out, ranks, hosts, rates, steps, warmup, rounds, variants, strategie
 
         network_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
         click.echo(f"wrote {chart}")
+
+
+@bench.command()
+@click.option("--data", required=True, type=click.Path(file_okay=False),
+              help="A daily world (hvams data synth --preset daily).")
+@click.option("--out", type=click.Path(file_okay=False), help="Bench directory (runs, JSON, table).")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML train config the runs start from.")
+@click.option("--local", "ranks", type=int, default=3, show_default=True,
+              help="Ranks of each run (mpirun on this machine).")
+@click.option("--servers", type=int, default=1, show_default=True)
+@click.option("--model", type=choice("model"), default="idonly", show_default=True)
+@click.option("--emb-dim", type=int, default=48, show_default=True,
+              help="Row width: wide enough that the tables, not the interpreter, fill a "
+                   "server's memory, as in production.")
+@click.option("--batch-size", type=int, default=512, show_default=True)
+@click.option("--days", type=click.IntRange(min=3), help="Use the first N days (default: all).")
+@click.option("--setting", "settings", multiple=True,
+              help="Settings to run (default all): off, ttl-7, ttl-3, capacity, min-count-2, "
+                   "ttl-7+min-count-2.")
+@click.option("--capacity", type=click.IntRange(min=1), default=100_000, show_default=True,
+              help="max_rows_per_shard of the capacity setting.")
+@click.option("--speed-pairs", type=click.IntRange(min=0), default=3, show_default=True,
+              help="Interleaved pairs of the continuing-speed check (0: skip).")
+@click.option("--timeout", type=float, default=1800, show_default=True,
+              help="Seconds one run may take before the bench fails.")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write the per-day chart (PNG) here.")
+@click.option("--reuse", is_flag=True,
+              help="Keep the day runs already finished in --out with the same config (an "
+                   "interrupted bench resumes); the speed and load checks always run afresh.")
+def lifecycle(data, out, config_path, ranks, servers, model, emb_dim, batch_size, days, settings,
+              capacity, speed_pairs, timeout, chart, reuse):
+    """Retrain every day with and without row policies: memory, rows, next-day AUC.
+
+    \b
+    Example:
+      hvams data synth --out data/daily --preset daily
+      hvams bench lifecycle --data data/daily --out runs/bench/lifecycle \\
+        --chart docs/img/lifecycle.png
+    """
+    from hvams.bench.lifecycle import SETTINGS, format_lifecycle, run_lifecycle
+    from hvams.config import load_config
+    from hvams.data.reader import list_days
+    from hvams.train.preflight import preflight
+
+    _known(list(settings), list(SETTINGS), "setting")
+    cfg = load_config(config_path, {"data": data, "servers": servers, "model": model,
+                                    "emb_dim": emb_dim, "batch_size": batch_size})
+    preflight(cfg)
+    names = [d.name for d in list_days(data)][:days]
+    out = Path(out or "runs/bench/lifecycle")
+    result = run_lifecycle(cfg, ranks, names, list(settings) or list(SETTINGS), capacity, out,
+                           timeout, speed_pairs, reuse)
+    _finish(out, "lifecycle", format_lifecycle(result))
+    if chart:
+        from hvams.bench.charts import lifecycle_chart
+
+        lifecycle_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")
+
+
+def _rows(text: str) -> int:
+    """1000000, 1M, 30M, 2.5M -> rows."""
+    t = text.strip().upper()
+    scale = {"K": 1_000, "M": 1_000_000}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if scale > 1 else t) * scale)
+    except ValueError:
+        raise click.BadParameter(f"{text!r} is not a row count (like 1000000, 10M, 2.5M)") from None
+    if n < 1000:
+        raise click.BadParameter(f"{text!r}: at least 1000 rows")
+    return n
+
+
+@bench.command()
+@click.option("--rows", "sizes", multiple=True, default=("1M", "10M", "30M", "100M"),
+              show_default=True, help="Shard sizes (repeatable; 1M, 2.5M, 1000000).")
+@click.option("--ids-per-batch", type=click.IntRange(min=1), default=1_400_000, show_default=True,
+              help="IDs in one mini-batch over all servers (the paper's 1.4M).")
+@click.option("--servers", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Servers the batch's IDs are spread over.")
+@click.option("--repeats", type=click.FloatRange(0, 1, max_open=True), default=0.3,
+              show_default=True, help="Share of a batch's IDs that repeat another.")
+@click.option("--batches", type=click.IntRange(min=1), default=9, show_default=True,
+              help="Batches timed per operation (the median counts).")
+@click.option("--dict-max", type=click.IntRange(min=0), default=30_000_000, show_default=True,
+              help="Largest size the Python-dict baseline runs at.")
+@click.option("--no-mch", is_flag=True, help="Skip the TorchRec managed-collision baseline.")
+@click.option("--no-checkpoints", is_flag=True, help="Skip the checkpoint write/load timings.")
+@click.option("--scratch", type=click.Path(file_okay=False),
+              help="Where checkpoints are written (default: a temporary directory).")
+@click.option("--out", type=click.Path(file_okay=False), help="Bench directory (JSON, table).")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write the chart (PNG) here.")
+def shard(sizes, ids_per_batch, servers, repeats, batches, dict_max, no_mch, no_checkpoints,
+          scratch, out, chart):
+    """One server's shard of a 12-d Adagrad table from 1M to 100M rows: bytes per row and
+    keys/s of lookup, insert, gather and update against the machine's memory bounds, beside a
+    Python dict and TorchRec's managed-collision remap; checkpoint write and load.
+
+    \b
+    Example:
+      hvams bench shard --out runs/bench/shard --chart docs/img/shard.png
+    """
+    from hvams.bench.jobs import save_json
+    from hvams.bench.machine import machine
+    from hvams.bench.shard import format_shard, run_shard_bench
+
+    rows = [_rows(s) for s in sizes]
+    if int(ids_per_batch // servers * (1 - repeats)) < 1:
+        raise CliError(f"--ids-per-batch {ids_per_batch} over --servers {servers} with --repeats "
+                       f"{repeats} leaves no distinct key per server and step")
+    out = Path(out or "runs/bench/shard")
+    out.mkdir(parents=True, exist_ok=True)
+    result = run_shard_bench(rows, ids_per_batch, servers, repeats, batches, dict_max,
+                             mch=not no_mch, checkpoints=not no_checkpoints,
+                             scratch=Path(scratch) if scratch else None,
+                             log=lambda m: click.echo(m),
+                             save=lambda r: save_json(out / "shard.json", r))
+    m = machine()
+    result["machine"] = f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB; one process, one thread"
+    save_json(out / "shard.json", result)
+    _finish(out, "shard", format_shard(result))
+    if chart:
+        from hvams.bench.charts import shard_chart
+
+        shard_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")

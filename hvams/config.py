@@ -31,6 +31,7 @@ OnBadRow = Literal["error", "skip"]
 SparseOptimizer = Literal["adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp64"]
+Eviction = Literal["lru", "lfu"]
 
 IMAGE_MODELS = ("dicm", "din+img")
 
@@ -179,6 +180,26 @@ class TrainConfig:
                                        "(partial warm-up, paper Table 5).", path="dir")
     step_timeout: float = key(600.0, "Seconds without progress before a rank aborts the job "
                                      "(fail fast; 0: no watchdog).")
+    # daily training: continue from a model, and which ID rows a server keeps
+    init_from: str | None = key(None, "Continue from this run's newest complete checkpoint (or "
+                                      "this checkpoint directory): everything it saved, ID rows "
+                                      "and optimizer states included, on this run's days.",
+                                path="dir")
+    id_admission_min_count: int = key(0, "A key gets a stored ID row only once it was asked for "
+                                         "in this many training steps (0 or 1: at once).")
+    id_admission_by_table: dict[str, int] = key(help="Per-table id_admission_min_count.",
+                                                factory=dict, flag=False)
+    admission_sketch_width: int = key(1 << 20, "Counters per row of each table's admission "
+                                               "sketch, per server (a power of two).", flag=False)
+    admission_sketch_depth: int = key(4, "Rows of each admission sketch.", flag=False)
+    id_ttl_days: int = key(0, "Evict ID rows not asked for in this many training days, at the "
+                              "end of each day (0: never).")
+    max_rows_per_shard: int = key(0, "Rows one server holds per table; a full shard evicts "
+                                     "rows as eviction says (0: no bound).")
+    max_rows_by_table: dict[str, int] = key(help="Per-table max_rows_per_shard.", factory=dict,
+                                            flag=False)
+    eviction: Eviction = key("lru", "Which rows a full shard evicts first: lru (least recently "
+                                    "used) or lfu (least often used).")
 
     def validate(self) -> "TrainConfig":
         """This config with every key checked: its type (as ``merge`` checks it), then the
@@ -207,6 +228,15 @@ class TrainConfig:
         need(typed.feature_cache >= 0, "feature_cache", "must be >= 0")
         need(typed.pixel_cache >= 0, "pixel_cache", "must be >= 0")
         need(typed.cache_bytes is None or typed.cache_bytes >= 0, "cache_bytes", "must be >= 0")
+        for key in ("id_admission_min_count", "id_ttl_days", "max_rows_per_shard"):
+            need(getattr(typed, key) >= 0, key, "must be >= 0 (0: off)")
+        for key in ("id_admission_by_table", "max_rows_by_table"):
+            need(all(v >= 0 for v in getattr(typed, key).values()), key, "needs values >= 0")
+        w = typed.admission_sketch_width
+        need(w >= 1 and w & (w - 1) == 0, "admission_sketch_width", "must be a power of two")
+        need(typed.admission_sketch_depth >= 1, "admission_sketch_depth", "must be at least 1")
+        need(not (typed.init_from and typed.warm_start), "init_from",
+             "excludes warm_start (one model to start from)")
         return typed
 
     @property
@@ -262,8 +292,8 @@ def type_name(tp) -> str:
         return "boolean"
     if get_origin(tp) is Literal or (isinstance(tp, type) and issubclass(tp, Enum)):
         return "str"
-    if get_origin(tp) is list:
-        return f"list[{type_name(get_args(tp)[0])}]"
+    if get_origin(tp) in (list, dict):
+        return f"{get_origin(tp).__name__}[{', '.join(type_name(a) for a in get_args(tp))}]"
     return getattr(tp, "__name__", str(tp))
 
 

@@ -145,3 +145,20 @@ def metrics_of(out) -> list[dict]:
     import json
 
     return [json.loads(x) for x in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def final_checkpoint(run):
+    """The newest complete checkpoint of a run: its directory, dense.pt, and every array of
+    its server files by ``FILE:NAME``."""
+    import numpy as np
+    import torch
+
+    from hvams.train.checkpoint import latest_complete
+
+    d = latest_complete(run)
+    dense = torch.load(d / "dense.pt", weights_only=False)
+    arrays = {}
+    for f in sorted(d.glob("server-*.npz")):
+        with np.load(f) as z:
+            arrays.update({f"{f.name}:{k}": z[k] for k in z.files})
+    return d, dense, arrays

@@ -10,6 +10,7 @@ import math
 import shutil
 
 import pytest
+import yaml
 
 from mpi_harness import py, run_job
 
@@ -166,3 +167,67 @@ def test_no_efficiency_against_a_ceiling_that_does_not_beat_id_only():
 
 def table_eff(table):
     return table["dicm mqap"]["reading_efficiency"][0]
+
+
+def test_bench_lifecycle_trains_day_by_day_and_reports_each_day(tiny_world, tmp_path):
+    """Two settings over the tiny world's days (train day 0 then 1, each tested on the next):
+    each day continues the day before, the table's figures are the runs' own, and the
+    continuing-speed and loading checks ran."""
+    out, chart = tmp_path / "lc", tmp_path / "lc.png"
+    res = bench("lifecycle", "--data", tiny_world, "--batch-size", 64, "--local", 3,
+                "--setting", "off", "--setting", "ttl-3", "--speed-pairs", 1, "--out", out,
+                "--chart", chart, timeout=900)
+    assert res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "lifecycle.json").read_text())
+    assert r["days"] == ["day=00", "day=01", "day=02"] and set(r["runs"]) == {"off", "ttl-3"}
+    for name, recs in r["runs"].items():
+        assert [x["day"] for x in recs] == ["day=00", "day=01"]
+        cfg = yaml.safe_load((out / name / "day=01" / "config.yaml").read_text())
+        assert cfg["init_from"].endswith(f"{name}/day=00") and cfg["train_days"] == ["day=01"]
+        metrics = [json.loads(x) for x in (out / name / "day=01" / "metrics.jsonl")
+                   .read_text().splitlines()]
+        assert recs[-1]["auc"] == metrics[-1]["auc"] and metrics[-1]["day"] == "day=02"
+        assert recs[-1]["ckpt_bytes"] > 0 and all(v > 0 for v in recs[-1]["live_rows"].values())
+    assert r["summary"]["off"]["auc_cost"] == 0
+    assert len(r["speed"]["inside_one_run"]) == len(r["speed"]["init_from"]) == 1
+    assert r["load"]["rows"] > 0 and r["load"]["restore_s"] > 0
+    assert (out / "lifecycle.md").read_text().startswith("Command: `hvams bench lifecycle")
+    assert chart.read_bytes().startswith(PNG)
+    # --reuse resumes: the finished day runs are kept, with their own figures and wall times
+    again = bench("lifecycle", "--data", tiny_world, "--batch-size", 64, "--local", 3,
+                  "--setting", "off", "--speed-pairs", 0, "--out", out, "--reuse", timeout=600)
+    assert again.returncode == 0, again.output[-3000:]
+    assert again.output.count("reusing the finished run") == 2
+    kept = json.loads((out / "lifecycle.json").read_text())["runs"]["off"]
+    assert json.dumps(kept) == json.dumps(r["runs"]["off"])   # as text: new-ad AUC may be NaN
+
+
+def test_bench_shard_measures_each_size_against_its_bound(tmp_path):
+    """Two small shards: every rate and bytes-per-row figure is the run's own (rows 104 B raw
+    + keys, an index of two int64 per slot at a load factor of at most 1/2), both baselines ran
+    and found the same rows, the checkpoint round-trip loaded every row, and the table names
+    each size."""
+    out, chart = tmp_path / "sh", tmp_path / "sh.png"
+    res = bench("shard", "--rows", "20K", "--rows", "50000", "--batches", 3,
+                "--ids-per-batch", 100000, "--dict-max", 20000, "--scratch", tmp_path / "scratch",
+                "--out", out, "--chart", chart, timeout=600)
+    assert res.returncode == 0, res.output[-3000:]
+    r = json.loads((out / "shard.json").read_text())
+    assert [s["rows"] for s in r["sizes"]] == [20000, 50000] and r["stopped"] is None
+    assert r["limits"]["copy_gb_s"] > 0 and r["limits"]["random_m_s"] > 0
+    for s in r["sizes"]:
+        assert s["distinct_per_batch"] == 7000
+        assert set(s["rates"]) == {"lookup", "index_insert", "insert", "gather", "update"}
+        assert all(v > 0 for v in s["rates"].values())
+        b = s["bytes_per_row"]
+        assert b["raw"] == 96 and 32 <= b["index"] < 64 and b["total"] == 104 + b["index"]
+        assert s["mch"]["lookup"] > 0
+        assert s["checkpoint"]["bytes"] > 104 * s["rows"] and s["checkpoint"]["load_gb_s"] > 0
+    assert "dict" in r["sizes"][0] and "dict" not in r["sizes"][1]   # --dict-max
+    md = (out / "shard.md").read_text()
+    assert md.startswith("Command: `hvams bench shard") and "| 50,000 |" in md
+    assert all(s["bounds"]["lookup"]["lines_per_key"] == 1 and s["limits"]["random_m_s"] > 0
+               for s in r["sizes"])
+    assert chart.read_bytes().startswith(PNG)
+    bad = bench("shard", "--rows", "12x", "--out", out)
+    assert bad.returncode == 2 and "'12x' is not a row count" in bad.output

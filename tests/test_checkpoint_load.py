@@ -25,10 +25,11 @@ def three_server_ckpt(tmp_path):
     return d
 
 
-@pytest.mark.parametrize("block", [1, 7, 64, 1 << 16])
-def test_blocks_equal_whole_files(three_server_ckpt, block):
-    keep = lambda k: id_route("item")(k, 2) == 1  # noqa: E731
-    keys, rows, slots, step = ckpt.load_owned_rows(three_server_ckpt, "item", keep, block=block)
+@pytest.mark.parametrize("block,servers", [(1, 2), (7, 2), (64, 2), (1 << 16, 2), (64, 1)])
+def test_blocks_equal_whole_files(three_server_ckpt, block, servers):
+    """Re-sharding 3 -> 2 reads blocks of rows; 3 -> 1 keeps whole files (one read each)."""
+    keep = lambda k: id_route("item")(k, servers) == servers - 1  # noqa: E731
+    keys, rows, slots, step, _ = ckpt.load_owned_rows(three_server_ckpt, "item", keep, block=block)
     want_k, want_r, want_m = [], [], []
     for s in range(3):
         with np.load(three_server_ckpt / f"server-{s}.npz") as z:
@@ -44,3 +45,24 @@ def test_blocks_equal_whole_files(three_server_ckpt, block):
     shard.load(keys, rows, slots, step)
     assert np.array_equal(shard.gather(keys[::3], insert=False), rows[::3])
     assert shard.step == 5 and len(shard) == len(keys)
+
+
+def test_a_changed_byte_makes_a_checkpoint_incomplete_and_old_sha256_manifests_still_verify(
+        three_server_ckpt):
+    import json
+
+    d = three_server_ckpt
+    manifest = json.loads((d / ckpt.MANIFEST).read_text())
+    assert all(v.startswith("crc32:") for v in manifest["files"].values())
+    assert ckpt.is_complete(d)
+    # a checkpoint written before crc32 lists bare sha256 digests: still checked, still loads
+    old = {f: ckpt.sha256(d / f) for f in manifest["files"]}
+    ckpt.write_manifest(d, old, {"step": 5})
+    assert ckpt.is_complete(d)
+    path = d / "server-1.npz"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    assert not ckpt.is_complete(d)
+    ckpt.write_manifest(d, manifest["files"], {"step": 5})
+    assert not ckpt.is_complete(d)   # the crc32 sees the same byte

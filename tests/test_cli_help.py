@@ -6,7 +6,7 @@ import pytest
 
 COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["images", "ingest"], ["images", "verify"],
             ["images", "stats"], ["train"], ["export"], ["predict"], ["bench", "comm"],
-            ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"],
+            ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"], ["bench", "lifecycle"], ["bench", "shard"],
             ["images", "place"]]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from hvams.train.checkpoint import is_complete, latest_complete
-from mpi_harness import metrics_of, run_train, train_ok
+from mpi_harness import final_checkpoint, metrics_of, run_train, train_ok
 
 K = 3
 
@@ -19,19 +19,9 @@ def _train(world, out, servers, steps, model="din", workers=2, **keys):
                      sparse_optimizer="adam", batch_size=40, max_steps=steps, **keys)
 
 
-def _final(run):
-    d = latest_complete(run)
-    dense = torch.load(d / "dense.pt", weights_only=False)
-    arrays = {}
-    for f in sorted(d.glob("server-*.npz")):
-        with np.load(f) as z:
-            arrays.update({f"{f.name}:{k}": z[k] for k in z.files})
-    return d.name, dense, arrays
-
-
 def _same(a, b):
-    (na, da, aa), (nb, db, ab) = _final(a), _final(b)
-    assert na == nb
+    (na, da, aa), (nb, db, ab) = final_checkpoint(a), final_checkpoint(b)
+    assert na.name == nb.name
     for k in da["model"]:
         assert torch.equal(da["model"][k], db["model"][k]), k
     assert aa.keys() == ab.keys()

@@ -32,7 +32,7 @@ def planted(tiny_world, tmp_path_factory):
     marker = base / "PWNED"
     torch.save({"model": Payload(marker)}, d / "dense.pt")
     manifest = json.loads((d / ckpt.MANIFEST).read_text())
-    manifest["files"]["dense.pt"] = ckpt.sha256(d / "dense.pt")
+    manifest["files"]["dense.pt"] = ckpt.checksum(d / "dense.pt")
     (d / ckpt.MANIFEST).write_text(json.dumps(manifest))
     assert ckpt.latest_complete(run) == d
     return run, marker

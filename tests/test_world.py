@@ -113,3 +113,28 @@ def test_images_carry_the_signal(tiny_world):
     assert oracle - id_auc > 0.05, "ID-only must stay clearly below the oracle"
     assert oracle - vis_auc < 0.5 * (oracle - id_auc), "visual attributes must close most of the gap"
     assert vis_new - id_new > 0.05, "images must matter most for new ads"
+
+
+def test_the_daily_world_turns_its_ids_over(tmp_path):
+    """preset daily (small here): every day ~1% of the live ads are new and shown, users
+    arrive and leave, so the IDs seen keep growing; is_new_ad marks ads born that day."""
+    import pyarrow.parquet as pq
+
+    from hvams.data.synth import synthesize
+
+    info = synthesize(tmp_path, preset("daily", users=20_000, items=3_000, ads=1_500,
+                                       samples_per_day=2_000, train_days=12), progress=False)
+    assert info["config"]["ad_birth_rate"] == 0.01 and info["config"]["new_ad_frac"] == 0.0
+    users, ads, ever, new_share = [], set(), set(), []
+    for d in range(13):
+        t = pq.ParquetFile(sorted((tmp_path / f"day={d:02d}").glob("*.parquet"))[0]).read()
+        u, a = set(t["user_id"].to_pylist()), t["ad_id"].to_numpy()
+        new = t["is_new_ad"].to_numpy().astype(bool)
+        assert not (set(a[new].tolist()) & ads)      # a new ad was never shown before
+        ads |= set(a.tolist())
+        users.append(u)
+        ever |= u
+        new_share.append(new.mean())
+    assert new_share[0] == 0 and 0.001 < np.mean(new_share[1:]) < 0.05
+    assert len(users[0] & users[12]) < 0.3 * len(users[0])   # most of day 0's users are gone
+    assert len(ever) > 3 * len(users[12])                     # and new ones came

@@ -79,3 +79,47 @@ def network_chart(result: dict, path: Path, caption: str) -> Path:
     ax.set_title("What slower links cost each strategy", fontsize=11)
     ax.legend(fontsize=7, ncol=2)
     return _save(fig, path, caption)
+
+
+def lifecycle_chart(result: dict, path: Path, caption: str) -> Path:
+    """Per day and setting: live ID rows, the servers' peak RSS, and next-day AUC against the
+    run without row policies (``off``; the AUCs themselves differ by less than a line's
+    width)."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.2))
+    off = result["runs"].get("off")
+    for name, recs in result["runs"].items():
+        x = list(range(len(recs)))
+        axes[0].plot(x, [sum(r["live_rows"].values()) for r in recs], marker=".", label=name)
+        axes[1].plot(x, [max(r["server_peak_rss_mb"]) for r in recs], marker=".", label=name)
+        ref = [o["auc"] for o in off] if off else [0.0] * len(recs)
+        axes[2].plot(x, [r["auc"] - o for r, o in zip(recs, ref)], marker=".", label=name)
+    auc_title = "next-day test AUC minus off's" if off else "next-day test AUC"
+    for ax, what in zip(axes, ("live ID rows (all tables, all servers)",
+                               "peak RSS of the largest server (MB)", auc_title)):
+        ax.set_xlabel("training day")
+        ax.set_title(what, fontsize=10)
+    axes[0].legend(fontsize=7)
+    return _save(fig, path, caption)
+
+
+def shard_chart(result: dict, path: Path, caption: str) -> Path:
+    """Per size: each operation's keys/s as a fraction of its bound, and the dict's lookup."""
+    sizes = [s["rows"] for s in result["sizes"]]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for op in ("lookup", "index_insert", "insert", "gather", "update"):
+        axes[0].plot(sizes, [s["rates"][op] / 1e6 for s in result["sizes"]], marker="o", label=op)
+        axes[1].plot(sizes, [s["rates"][op] / s["bounds"][op]["keys_per_s"]
+                             for s in result["sizes"]], marker="o", label=op)
+    with_dict = [s for s in result["sizes"] if s.get("dict")]
+    axes[0].plot([s["rows"] for s in with_dict], [s["dict"]["lookup"] / 1e6 for s in with_dict],
+                 "k--", marker="x", label="dict lookup")
+    with_mch = [s for s in result["sizes"] if s.get("mch")]
+    axes[0].plot([s["rows"] for s in with_mch], [s["mch"]["lookup"] / 1e6 for s in with_mch],
+                 "k:", marker="+", label="TorchRec MCH lookup")
+    for ax, what in zip(axes, ("M keys/s (one thread)", "fraction of the memory bound")):
+        ax.set_xscale("log")
+        ax.set_xlabel("rows in the shard")
+        ax.set_title(what, fontsize=10)
+    axes[0].set_yscale("log")
+    axes[0].legend(fontsize=7)
+    return _save(fig, path, caption)

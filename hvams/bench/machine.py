@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import platform
+from pathlib import Path
 
 
 def machine() -> dict:
@@ -27,3 +28,14 @@ def label(servers: int, workers: int) -> str:
     return (f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB; "
             f"{servers} server + {workers} worker ranks on this one machine")
 
+
+
+def drop_page_cache() -> bool:
+    """Write back and drop the page cache (root only), so the next read comes from the disk;
+    False where it cannot."""
+    try:
+        os.sync()
+        Path("/proc/sys/vm/drop_caches").write_text("3\n")
+        return True
+    except OSError:
+        return False

@@ -40,6 +40,7 @@ from .schema import default_schema
 N_AGE, N_GENDER, N_CITY, N_POS, N_HOUR = 7, 2, 4, 10, 24
 BACKBONE_FILE = "backbone/small-cnn.pt"
 N_COMBOS = math.prod(ATTRIBUTES.values())
+CHURN_KEYS = ("ad_birth_rate", "ad_lifetime_days", "user_lifetime_days")
 
 
 @dataclass
@@ -85,6 +86,13 @@ class WorldConfig:
     taste_modes: int = 1
     mode_signature: str = "size"
     mode_signature_bonus: float = 1.5
+    # A world that changes every day (preset "daily"): each day about ad_birth_rate of the
+    # live ads are new, ads run ad_lifetime_days and users stay user_lifetime_days on
+    # average (exponential), new users arrive as old ones leave. 0 = no churn: every ad and
+    # user lives every day, and the world is byte-identical to one without these keys.
+    ad_birth_rate: float = 0.0
+    ad_lifetime_days: float = 0.0
+    user_lifetime_days: float = 0.0
     # the pretrained backbone (stand-in for ImageNet weights); 0 images = none
     pretrain_images: int = 20000
     pretrain_epochs: int = 6
@@ -107,6 +115,12 @@ class WorldConfig:
             raise ValueError("image_format must be jpeg or png")
         if self.taste_modes < 1:
             raise ValueError("taste_modes must be at least 1")
+        for name in ("ad_birth_rate", "ad_lifetime_days", "user_lifetime_days"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0")
+        if self.churns and self.new_ad_frac > 0:
+            raise ValueError("a churning world (ad_birth_rate, lifetimes) has its own new ads: "
+                             "set new_ad_frac to 0")
         if self.taste_modes > 1:
             if self.mode_signature not in ATTRIBUTES or self.mode_signature in self.taste_favourite_attrs:
                 raise ValueError(f"mode_signature must be an attribute of {list(ATTRIBUTES)} that is "
@@ -117,6 +131,10 @@ class WorldConfig:
                 raise ValueError(f"taste_modes={self.taste_modes} needs that many values of "
                                  f"{small} (distinct per taste)")
 
+
+    @property
+    def churns(self) -> bool:
+        return bool(self.ad_birth_rate or self.ad_lifetime_days or self.user_lifetime_days)
 
 PRESETS = {
     "tiny": WorldConfig(users=300, items=600, ads=200, categories=12, brands=40, shops=60,
@@ -143,6 +161,14 @@ PRESETS = {
     "paper": WorldConfig(users=20_000, items=20_000, ads=20_000, categories=60, brands=800,
                          shops=1500, train_days=1, samples_per_day=36_000, mean_behaviors=40.0,
                          max_behaviors=60, pretrain_images=0),
+    # Retrained every day (hvams bench lifecycle): 30 days and a test day; each day about 1%
+    # of the live ads are new (the paper's rate), ads run ~100 days, users stay ~8 days, so
+    # the IDs seen turn over and a table that keeps every row grows day after day.
+    "daily": WorldConfig(users=600_000, items=60_000, ads=20_000, categories=60, brands=800,
+                         shops=1500, train_days=30, samples_per_day=30_000, mean_behaviors=10.0,
+                         max_behaviors=20, new_ad_frac=0.0, image_size=32, partitions=16,
+                         ad_birth_rate=0.01, ad_lifetime_days=100.0, user_lifetime_days=8.0,
+                         pretrain_images=0),
 }
 
 
@@ -228,6 +254,39 @@ class World:
         self.hour_effect = 0.15 * np.sin(np.arange(N_HOUR) / N_HOUR * 2 * np.pi)
         self._users(rng)
         self._histories()
+        if cfg.churns:
+            self._lifespans()
+
+    def _lifespans(self) -> None:
+        """[birth, death) day of every ad and user (a stream of its own, so worlds without
+        churn keep their bytes). Day 0 starts with a live pool; later births are spread
+        evenly over the days, and lifetimes are exponential (memoryless: a live ad or
+        user leaves with the same chance each day)."""
+        cfg, days = self.cfg, self.cfg.train_days + 1
+        rng = _rng(cfg, 7)
+
+        def spans(n, new_per_day, lifetime):
+            initial = min(n, max(1, int(round(n / (1 + new_per_day * (days - 1))))))
+            birth = np.zeros(n, np.int64)
+            later = rng.permutation(n)[initial:]
+            birth[later] = rng.integers(1, days, len(later))
+            if lifetime <= 0:
+                return birth, np.full(n, days, np.int64)
+            return birth, birth + np.ceil(rng.exponential(lifetime, n)).astype(np.int64)
+
+        self.ad_birth = np.zeros(cfg.items, np.int64)
+        self.ad_death = np.full(cfg.items, days, np.int64)
+        birth, death = spans(len(self.old_ads), cfg.ad_birth_rate, cfg.ad_lifetime_days)
+        self.ad_birth[self.old_ads], self.ad_death[self.old_ads] = birth, death
+        life = cfg.user_lifetime_days
+        self.user_birth, self.user_death = spans(cfg.users, 1 / life if life else 0.0, life)
+
+    def alive(self, day: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sampling weights of users and of ``old_ads`` on ``day``: only the live ones."""
+        users = self.activity * ((self.user_birth <= day) & (day < self.user_death))
+        ads = self.old_ad_pop * ((self.ad_birth[self.old_ads] <= day) &
+                                 (day < self.ad_death[self.old_ads]))
+        return users / users.sum(), ads / ads.sum()
 
     @staticmethod
     def _combo(attrs: np.ndarray) -> np.ndarray:
@@ -317,7 +376,7 @@ class World:
             mode_rng = _rng(cfg, 6)
             in_group = [catalog[self.taste_mode(self.item_category[catalog]) == k] for k in range(K)]
             by_group = [_grouped(c, self.combo[c], N_COMBOS) for c in in_group]
-        hist = np.empty((cfg.users, self.hist_len), np.int64)
+        hist = np.empty((cfg.users, self.hist_len), np.int32)  # item ids: half the memory of int64
 
         def visual(taste, users, items, start, count, u, pick):
             """A combo by exp(taste), then an item of that combo (u, pick: uniforms)."""
@@ -359,8 +418,9 @@ class World:
     def impressions(self, day: int, n: int, chunk: int, test: bool) -> pa.Table:
         cfg = self.cfg
         rng = _rng(cfg, 3, day, chunk)
-        users = rng.choice(cfg.users, n, p=self.activity)
-        ads = self.old_ads[rng.choice(len(self.old_ads), n, p=self.old_ad_pop)]
+        user_p, ad_p = self.alive(day) if cfg.churns else (self.activity, self.old_ad_pop)
+        users = rng.choice(cfg.users, n, p=user_p)
+        ads = self.old_ads[rng.choice(len(self.old_ads), n, p=ad_p)]
         if test and len(self.new_ads):
             new = rng.random(n) < cfg.new_ad_frac
             ads[new] = self.new_ads[rng.choice(len(self.new_ads), int(new.sum()), p=self.new_ad_pop)]
@@ -378,6 +438,11 @@ class World:
         start = (cfg.train_days - day) * self.day_shift
         lists = Lists(self.beh_len[users])
         beh = self.history[users[lists.row], start + lists.pos]
+        if cfg.churns:  # a behavior is a past click: never on an ad born later
+            born = self.ad_birth[beh] <= day
+            if not born.all():
+                lists = Lists(np.bincount(lists.row[born], minlength=n))
+                beh = beh[born]
         beh_image = self.image_ids[self.item_image_index[beh]]
         lst = lists.column
 
@@ -397,7 +462,8 @@ class World:
             "beh_item": lst(beh.astype(np.int64)),
             "beh_category": lst(self.item_category[beh].astype(np.int64)),
             "beh_image": lst(beh_image),
-            "is_new_ad": pa.array(self.is_new_item[ads].astype(np.int8)),
+            "is_new_ad": pa.array((self.ad_birth[ads] == day if cfg.churns and day > 0 else
+                                   self.is_new_item[ads]).astype(np.int8)),
             "p_true": pa.array(p_true.astype(np.float32)),
             "click": pa.array(click),
         })
@@ -420,6 +486,8 @@ def _write_truth(world: World, out: Path) -> None:
         "image_id": world.image_ids[world.item_image_index],
         "is_ad": np.isin(np.arange(world.cfg.items), world.ads),
         "is_new_ad": world.is_new_item,
+        **({"birth_day": world.ad_birth, "death_day": world.ad_death} if world.cfg.churns
+           else {}),
     })
     pq.write_table(items, truth / "items.parquet")
     modes = {}
@@ -492,7 +560,8 @@ def synthesize(out: str | Path, cfg: WorldConfig, progress: bool = True,
     y, p, u = map(np.concatenate, (test_labels, test_p, test_users))
     info = {
         "format": "hvams-synthetic-world/1",
-        "config": asdict(cfg),
+        # a world without churn records no churn keys: its world.json stays as it was
+        "config": {k: v for k, v in asdict(cfg).items() if cfg.churns or k not in CHURN_KEYS},
         "train_days": [f"day={d:02d}" for d in range(cfg.train_days)],
         "test_day": f"day={cfg.train_days:02d}",
         "images_dir": "images",

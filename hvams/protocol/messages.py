@@ -21,6 +21,7 @@ class Phase(IntEnum):
     EVAL = 2           # keys -> rows, no update, unknown keys not stored
     CHECKPOINT = 3     # servers write their shards
     STOP = 4           # leave the loop
+    DAY_END = 5        # a training day is over: servers age their ID rows (TTL), all report
 
 
 def header_width(num_channels: int) -> int:

@@ -49,7 +49,7 @@ def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
 def _tables(d: Path, schema: Schema) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for table in schema.tables:
-        keys, rows, _, _ = ckpt.load_owned_rows(d, table, lambda k: np.ones(len(k), bool))
+        keys, rows = ckpt.load_owned_rows(d, table, lambda k: np.ones(len(k), bool))[:2]
         order = np.argsort(keys)
         out[table] = (keys[order], rows[order] if rows is not None else np.zeros((0, 0), np.float32))
     return out

@@ -1,7 +1,7 @@
 """The server loop: answer every worker's keys each step, apply summed gradients.
 
 Servers are passive: each step begins with the header Alltoall, and the phase
-the workers sent decides what follows (train / eval / checkpoint / stop).
+the workers sent decides what follows (train / eval / checkpoint / day end / stop).
 Keys of one channel from all workers are deduplicated, so a key requested by
 several workers is served (and, for images, computed) once, and its
 gradients are summed before the update.
@@ -35,12 +35,12 @@ class ServerLoop:
     """One server rank's side of the step protocol."""
 
     def __init__(self, topo: Topology, channels: list, counter: ByteCounter, lr_scale_fn,
-                 on_checkpoint=None, on_step=None):
+                 on_checkpoint=None, on_step=None, on_day_end=None):
         self.topo, self.channels, self.counter = topo, channels, counter
         self.ex = Exchange(topo.world, counter, policy_for(topo.machine_size))
         self.width = header_width(len(channels))
         self.lr_scale_fn = lr_scale_fn
-        self.on_checkpoint, self.on_step = on_checkpoint, on_step
+        self.on_checkpoint, self.on_step, self.on_day_end = on_checkpoint, on_step, on_day_end
         self.workers = np.array(topo.worker_ranks)
         self.stats = {"steps": 0, "eval_steps": 0, "samples": 0, "serve_s": 0.0, "update_s": 0.0,
                       "requested": {ch.spec.name: 0 for ch in channels},
@@ -63,6 +63,9 @@ class ServerLoop:
             return False
         if phase == Phase.CHECKPOINT:
             self.on_checkpoint(step)
+            return True
+        if phase == Phase.DAY_END:
+            self.on_day_end(step)
             return True
         global_n = int(wh[:, 2].sum())
         counts = hdr[:, HEADER_FIXED:]                       # (sources, channels)

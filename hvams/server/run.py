@@ -4,8 +4,11 @@ from __future__ import annotations
 from ..data.reader import day_files, worker_chunks
 from ..data.schema import IMAGE_CHANNEL
 from ..distributed.failfast import maybe_inject_fault
+from ..embedding.lifecycle import policy_for
 from ..embedding.shard import EmbeddingShard
+from ..protocol.timing import stage
 from ..train import checkpoint as ckpt
+from ..train.days import DayLog
 from ..train.plan import lr_scale
 from ..train.report import Progress
 from ..train.restore import restore_server
@@ -29,7 +32,8 @@ def build_channels(job):
             continue
         shards[spec.name] = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer,
                                            cfg.sparse_lr, cfg.seed, cfg.init_scale,
-                                           dtype=spec.dtype)
+                                           dtype=spec.dtype, policy=policy_for(cfg, spec.name),
+                                           server=job.topo.role_rank)
         channels.append(EmbeddingChannel(spec, shards[spec.name]))
     return shards, channels, image
 
@@ -40,13 +44,15 @@ class ServerRun:
     def __init__(self, job):
         self.job, self.topo = job, job.topo
         self.shards, channels, self.image = build_channels(job)
-        restore_server(job, self.shards, self.image)
+        with stage("restore"):
+            restore_server(job, self.shards, self.image)
         self.progress = None
         if self.topo.role_rank == 0:
             total = _total_rows(job.train_days) * job.cfg.epochs
             self.progress = Progress(total, job.cfg.progress, job.cfg.log_every)
+        self.days = DayLog(job)
         self.loop = ServerLoop(self.topo, channels, job.counter, lambda s: lr_scale(s, job.cfg),
-                               self.checkpoint, self.after_step)
+                               self.checkpoint, self.after_step, self.day_end)
 
     def checkpoint(self, step: int) -> None:
         """This server's shards, and the first server's image-model files (the strategy's)."""
@@ -58,6 +64,12 @@ class ServerRun:
                 files.update(ckpt.save_torch(d, name, state))
         ckpt.collect_manifest(self.topo, d, files, None)
 
+    def day_end(self, step: int) -> None:
+        """A training day is over: age the rows (TTL), then report the day with every rank."""
+        for shard in self.shards.values():
+            shard.end_day()
+        self.days.end_day(step, self.shards)
+
     def after_step(self, step: int, n: int) -> None:
         if self.progress:
             self.progress.update(step, n)
@@ -67,7 +79,8 @@ class ServerRun:
         self.loop.run()
         if self.progress:
             self.progress.close()
-        out = {"server": self.loop.stats, "rows": {t: len(s) for t, s in self.shards.items()}}
+        out = {"server": self.loop.stats, "rows": {t: len(s) for t, s in self.shards.items()},
+               "row_counts": {t: s.live_counts() for t, s in self.shards.items()}}
         if self.image is not None:
             out["images"] = self.image.stats()
             if self.image.trained_model is not None:

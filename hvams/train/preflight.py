@@ -17,10 +17,21 @@ def preflight(cfg: TrainConfig) -> None:
     if not (Path(cfg.data) / "schema.json").exists():
         raise ConfigError(f"config key 'data': {cfg.data} has no schema.json (see docs/data.md)")
     try:
-        Schema.load(cfg.data)
+        schema = Schema.load(cfg.data)
     except (ValueError, KeyError) as exc:
         raise ConfigError(f"{Path(cfg.data) / 'schema.json'}: {exc}") from None
     resolve_days(cfg)
+    for key in ("id_admission_by_table", "max_rows_by_table"):
+        unknown = sorted(set(getattr(cfg, key)) - set(schema.tables))
+        if unknown:
+            raise ConfigError(f"config key {key!r}: no table {unknown} in "
+                              f"{Path(cfg.data) / 'schema.json'} (its tables: {schema.tables})")
+    if cfg.init_from:
+        from .checkpoint import latest_complete
+        from .restore import check_init
+
+        if not (cfg.resume and latest_complete(cfg.out)):  # a requeued run resumes its own
+            check_init(cfg, schema)
     if cfg.uses_images and NODE_FIELD not in (cfg.images or ""):  # per host: servers check theirs
         try:
             read_manifest(cfg.images_dir)

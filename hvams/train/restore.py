@@ -7,6 +7,10 @@ Every source lives here and nowhere else:
   owns now, so another server count works), the image model and its optimizer
   where the strategy keeps them, the dense model, its optimizer and the
   training position.
+* **continue** (``--init-from RUN_DIR|CKPT_DIR``, daily training): everything
+  a resume loads, from another run's checkpoint, but the run trains its own
+  days from their start; its step (the learning-rate schedule) goes on from
+  the model's. Settings that decide the state's shapes must match (``check_init``).
 * **warm start** (``--warm-start RUN_DIR``, paper Table 5): the worker model and
   the image model take every tensor of matching name and shape from another
   run's newest complete checkpoint; optimizers and all ID tables start fresh
@@ -19,11 +23,14 @@ builders; each ends in the same world collective (the warm-start report).
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from ..config import TrainConfig, load_config
+from ..config import ConfigError, TrainConfig, load_config
+from ..embedding.key_index import KeyIndex
+from ..runtime.precision import wire_dtype
 from ..strategies import strategy_for
 from ..strategies.base import load_matching
 from . import checkpoint as ckpt
@@ -45,6 +52,15 @@ class SavedRun:
         return TrainConfig(**{k: v for k, v in saved.items() if k in known})
 
     @cached_property
+    def schema(self) -> dict | None:
+        """The schema it trained on, where the checkpoint records it."""
+        return ckpt.load_manifest(self.directory).get("schema")
+
+    @property
+    def precision_dtype(self):
+        return wire_dtype(self.config.precision)
+
+    @cached_property
     def dense(self) -> dict:
         return ckpt.load_torch(self.directory / "dense.pt")
 
@@ -61,40 +77,126 @@ def warm_start_source(run_dir: str) -> Path:
     return d
 
 
+def init_source(path: str | Path, verify: bool = True) -> Path:
+    """The checkpoint ``--init-from`` names: a complete checkpoint directory, or a run
+    directory's newest complete one. ``verify=False`` (the start-up checks, which read only
+    the manifest) takes the newest with a manifest and leaves the checksums to the run."""
+    path = Path(path)
+    if (path / ckpt.MANIFEST).exists():
+        if verify and not ckpt.is_complete(path):
+            raise ConfigError(f"config key 'init_from': {path} is not a complete checkpoint "
+                              f"(a file is missing or fails its checksum)")
+        return path
+    if not verify:
+        with_manifest = [d for d in sorted(path.glob("ckpt-*")) if (d / ckpt.MANIFEST).exists()]
+        d = with_manifest[-1] if with_manifest else None
+    else:
+        d = ckpt.latest_complete(path)
+    if d is None:
+        raise ConfigError(f"config key 'init_from': {path} holds no complete checkpoint")
+    return d
+
+
+# Settings that decide the shapes of what a checkpoint holds: a run continues only with the
+# same ones. Others (learning rates, days, server and worker counts, row policies) may change.
+INIT_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors",
+             "backbone", "head", "freeze_backbone", "strategy", "sparse_optimizer")
+
+
+def check_init(cfg: TrainConfig, schema) -> Path:
+    """The checkpoint ``cfg.init_from`` names, after checking it can be continued: a
+    ConfigError naming the setting and both values where not."""
+    d = init_source(cfg.init_from, verify=False)
+    saved = SavedRun(d)
+    theirs, ours = saved.config.to_dict(), cfg.to_dict()
+    keys = INIT_KEYS
+    if theirs.get("id_admission_min_count", 0) > 1 or theirs.get("id_admission_by_table"):
+        keys += ("admission_sketch_width", "admission_sketch_depth")  # sketches it saved
+    for key in keys:
+        if theirs.get(key) != ours[key]:
+            raise ConfigError(f"config key 'init_from': {d} was trained with {key} "
+                              f"{theirs[key]!r}, this run has {key} {ours[key]!r}; a model "
+                              f"continues only with the same {key}")
+    if saved.precision_dtype != wire_dtype(cfg.precision):
+        raise ConfigError(f"config key 'init_from': {d} holds {saved.precision_dtype} rows, "
+                          f"this run's precision {cfg.precision!r} keeps "
+                          f"{wire_dtype(cfg.precision)} rows")
+    their_schema = saved.schema
+    if their_schema is not None and their_schema != json.loads(schema.to_json()):
+        diff = sorted({f["name"] for f in their_schema["fields"]} ^
+                      {f.name for f in schema.fields}) or "field kinds, roles or tables"
+        raise ConfigError(f"config key 'init_from': {d} was trained on another schema than "
+                          f"{Path(cfg.data) / 'schema.json'} (they differ in {diff})")
+    return d
+
+
 @dataclass(frozen=True)
 class Start:
     """What a run starts from: nothing, its own checkpoint, or another run's model."""
 
     resume: Path | None = None   # --resume: this run's newest complete checkpoint
     warm: Path | None = None     # --warm-start: the source run's newest complete checkpoint
+    init: Path | None = None     # --init-from: the checkpoint this run continues
+
+    @property
+    def state(self) -> Path | None:
+        """The checkpoint whose whole state this run loads (resume or continue)."""
+        return self.resume or self.init
 
 
-def choose_start(cfg: TrainConfig, run_dir: Path, rank: int) -> Start:
-    """The run's start; world rank 0 says which (every rank decides the same)."""
-    resume = ckpt.latest_complete(run_dir) if cfg.resume else None
-    if rank == 0 and cfg.resume:
-        print(f"hvams: --resume: latest complete checkpoint is {resume.name}" if resume else
-              f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh", flush=True)
-    warm = warm_start_source(cfg.warm_start) if cfg.warm_start and resume is None else None
-    return Start(resume, warm)
+def choose_start(cfg: TrainConfig, run_dir: Path, world) -> Start:
+    """The run's start, chosen by world rank 0 (it verifies the checkpoints once) and sent
+    to every rank, so all load the same ones. A run that has checkpoints of its own resumes
+    them (a requeued job), else it continues from ``init_from``, else it warm-starts."""
+    start = None
+    if world.Get_rank() == 0:
+        resume = ckpt.latest_complete(run_dir) if cfg.resume else None
+        if cfg.resume:
+            print(f"hvams: --resume: latest complete checkpoint is {resume.name}" if resume else
+                  f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh",
+                  flush=True)
+        init = init_source(cfg.init_from) if cfg.init_from and resume is None else None
+        if init is not None:
+            print(f"hvams: --init-from: continuing the model of {init}", flush=True)
+        warm = warm_start_source(cfg.warm_start) if cfg.warm_start and resume is None else None
+        start = Start(resume, warm, init)
+    return world.bcast(start, root=0)
+
+
+def restore_tables(directory: Path, shards: dict, routes: dict, me: int, servers: int) -> None:
+    """Server ``me`` of ``servers``: the rows it owns of each table in checkpoint
+    ``directory``, with their slots, bookkeeping and clocks, into its fresh ``shards``."""
+    with ThreadPoolExecutor(1) as beside:  # numpy and file reads let go of the GIL
+        for table, shard in shards.items():
+            # the clock first: rows without bookkeeping of their own count as used now
+            shard.load_clock(*ckpt.load_clock(directory, table, me, servers))
+            _restore_rows(directory, shard, routes[table], me, servers, beside)
+
+
+def _restore_rows(directory: Path, shard, route, me: int, servers: int, beside) -> None:
+    index = []  # an empty shard's key index, built by ``beside`` while the rows are read
+
+    def start_index(keys):
+        if not len(shard):
+            index.append(beside.submit(KeyIndex.of, keys))
+
+    owned = ckpt.load_owned_rows(directory, shard.table, lambda k: route(k, servers) == me,
+                                 on_keys=start_index)
+    if len(owned.keys):
+        shard.load(owned.keys, owned.rows, owned.slots, owned.step, owned.meta,
+                   index=index[0].result() if index else None)
+    shard.step = owned.step
 
 
 def restore_server(job, shards: dict, image) -> None:
     """Apply ``job.start`` to this server's fresh shards and image channel."""
     start, strategy, topo = job.start, job.strategy, job.topo
     report = {}
-    if start.resume is not None:
-        me, S = topo.role_rank, topo.num_servers
-        routes = {spec.name: spec.route for spec in job.specs}
-        for table, shard in shards.items():
-            route = routes[table]
-            keys, rows, slots, step = ckpt.load_owned_rows(start.resume, table,
-                                                           lambda k: route(k, S) == me)
-            if len(keys):
-                shard.load(keys, rows, slots, step)
-            shard.step = step
+    if start.state is not None:
+        restore_tables(start.state, shards, {spec.name: spec.route for spec in job.specs},
+                       topo.role_rank, topo.num_servers)
         if image is not None:
-            strategy.restore_server(image, start.resume, job.rt.device)
+            strategy.restore_server(image, start.state, job.rt.device)
     elif start.warm is not None and image is not None:
         report = strategy.warm_server(image, SavedRun(start.warm))
     _warm_report(job, report if topo.role_rank == 0 else {})
@@ -107,12 +209,18 @@ def restore_worker(job, trainer):
     start, topo, cfg = job.start, job.topo, job.cfg
     pos = Position(workers=topo.num_workers, batch_size=cfg.batch_size)
     report = {}
-    if start.resume is not None:
-        state = ckpt.load_torch(start.resume / "dense.pt", job.rt.device)
+    if start.state is not None:
+        state = ckpt.load_torch(start.state / "dense.pt", job.rt.device)
         trainer.model.load_state_dict(state["model"])
         job.strategy.restore_worker(trainer.images, state)
         trainer.opt.load_state_dict(state["optimizer"])
         saved = Position(**state["position"])
+    if start.init is not None:  # the model's step goes on; this run's days start afresh
+        pos = Position(step=saved.step, workers=topo.num_workers, batch_size=cfg.batch_size,
+                       run_start=saved.step)
+        for group, lr in zip(trainer.opt.param_groups, trainer.base_lrs):
+            group["base_lr"] = lr  # this run's learning rates (the servers' come from cfg too)
+    elif start.resume is not None:
         days = job.train_days
         pos = resplit(saved, cfg, topo.num_workers, days[min(saved.day, len(days) - 1)])
         trainer.checkpointed_at = pos.step

@@ -85,7 +85,7 @@ def run_training(cfg: TrainConfig) -> dict | None:
     _require_shared_run_dir(topo, run_dir)
     if cfg.images and NODE_FIELD in cfg.images:  # a store placed per host (hvams images place)
         cfg = replace(cfg, images=cfg.images.replace(NODE_FIELD, topo.node))
-    start = choose_start(cfg, run_dir, topo.rank)
+    start = choose_start(cfg, run_dir, topo.world)
     rt = role_runtime(cfg, topo.role, topo.local_rank, topo.local_size)
     if rt.is_cuda:
         torch.cuda.set_device(rt.device)

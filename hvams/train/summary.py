@@ -39,6 +39,18 @@ def image_summary(servers: list[dict], workers: list[dict]) -> dict | None:
     return out
 
 
+def id_rows(servers: list[dict]) -> dict[str, dict[str, int]]:
+    """Per table over all servers: live rows at the end, and the rows admitted, keys
+    filtered and rows evicted (by TTL, by capacity) during the run."""
+    out: dict[str, dict[str, int]] = {}
+    for s in servers:
+        for table, counts in s.get("row_counts", {}).items():
+            acc = out.setdefault(table, {})
+            for k, v in counts.items():
+                acc[k] = acc.get(k, 0) + v
+    return out
+
+
 def stage_seconds(results: list[dict]) -> dict[str, dict[str, float]]:
     """Mean seconds per stage over the ranks of each role."""
     out = {}
@@ -78,5 +90,6 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
                 (r for r in results if r["role"] == role), key=lambda r: r["role_rank"])]
                 for role in ("server", "worker")},
             "server_rows": [s["rows"] for s in sorted(servers, key=lambda s: s["role_rank"])],
+            "id_rows": id_rows(servers), "days": w0.get("days", []),
             "images": image_summary(servers, workers),
             "server_stats": [s["server"] for s in sorted(servers, key=lambda s: s["role_rank"])]}

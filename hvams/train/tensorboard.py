@@ -61,6 +61,15 @@ class TensorBoardLog:
                 self.writer.add_scalar(f"test/{key}", value, step)
         self.writer.flush()
 
+    def day(self, record: dict, step: int) -> None:
+        """A day's row counts per table (``hvams.train.days``)."""
+        if self.writer is None:
+            return
+        for table, counts in record["tables"].items():
+            for name, value in counts.items():
+                self.writer.add_scalar(f"rows/{table}/{name}", value, step)
+        self.writer.flush()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()

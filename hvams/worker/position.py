@@ -23,6 +23,7 @@ class Position:
     workers: int = 0                       # 0: written before hvams recorded it
     batch_size: int = 0
     day_ranges: list | None = None         # [[lo, hi), ...] global rows of the day
+    run_start: int = 0                     # the step this run began at (--init-from: the model's)
 
     def next_epoch(self) -> None:
         self.epoch, self.day, self.steps_in_day, self.day_ranges = self.epoch + 1, 0, 0, None
@@ -46,7 +47,8 @@ def resplit(pos: Position, cfg: TrainConfig, num_workers: int, day_dir) -> Posit
     same = pos.workers in (0, num_workers) and pos.batch_size in (0, cfg.batch_size)
     if pos.steps_in_day == 0 or same:
         return Position(pos.step, pos.epoch, pos.day, pos.steps_in_day, num_workers,
-                        cfg.batch_size, None if pos.steps_in_day == 0 else pos.day_ranges)
+                        cfg.batch_size, None if pos.steps_in_day == 0 else pos.day_ranges,
+                        pos.run_start)
     if cfg.on_bad_row == "skip":
         raise ConfigError(
             f"--resume: the checkpoint stopped mid-day with {pos.workers} workers x batch "
@@ -64,4 +66,5 @@ def resplit(pos: Position, cfg: TrainConfig, num_workers: int, day_dir) -> Posit
             skip -= cut
             if a + cut < b:
                 left.append([a + cut, b])
-    return Position(pos.step, pos.epoch, pos.day, 0, num_workers, cfg.batch_size, left)
+    return Position(pos.step, pos.epoch, pos.day, 0, num_workers, cfg.batch_size, left,
+                    pos.run_start)

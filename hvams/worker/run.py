@@ -1,6 +1,7 @@
 """A worker rank's run: the plain training loop over the days left, in DLRM's spirit."""
 from __future__ import annotations
 
+from ..protocol.timing import stage
 from ..train.restore import restore_worker
 from .position import Position, days_left
 from .trainer import WorkerTrainer
@@ -9,7 +10,8 @@ from .trainer import WorkerTrainer
 def run_worker(job) -> dict:
     """Train ``job`` on this worker from where its restore step says; its report."""
     trainer = WorkerTrainer(job)
-    pos = restore_worker(job, trainer)
+    with stage("restore"):
+        pos = restore_worker(job, trainer)
     for epoch in range(pos.epoch, job.cfg.epochs):
         if not train_epoch(trainer, pos, len(job.train_days)):
             trainer.evaluate(pos, epoch)  # out of steps (max_steps): evaluate where it stopped
@@ -29,4 +31,5 @@ def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> bool:
             trainer.after_step(pos)
         if trainer.out_of_steps(pos):
             return False
+        trainer.end_day(pos)
     return True

@@ -8,6 +8,7 @@ one step of a single process on the concatenated global batch.
 """
 from __future__ import annotations
 
+import json
 import time
 
 import numpy as np
@@ -25,6 +26,7 @@ from ..protocol.compression import Compression
 from ..protocol.messages import Phase
 from ..protocol.timing import stage
 from ..train import checkpoint as ckpt
+from ..train.days import DayLog
 from ..train.evaluation import record_evaluation
 from ..train.plan import lr_scale
 from ..train.summary import state_digest
@@ -60,6 +62,7 @@ class WorkerTrainer:
             named += [(f"image_model.{n}", p) for n, p in self.images.model.named_parameters()
                       if p.requires_grad]
         self.params = [p for g in groups for p in g["params"]]
+        self.base_lrs = [g["base_lr"] for g in groups]  # this run's, also after --init-from
         self.compression = Compression(cfg.allreduce_compression)
         import horovod.torch as hvd
 
@@ -74,10 +77,12 @@ class WorkerTrainer:
         self.samples = 0
         self.readers: list[DayReader] = []
         self.checkpointed_at: int | None = None  # the step whose state is on disk
+        self.days = DayLog(job)
 
     # --- the data ---
     def out_of_steps(self, pos: Position) -> bool:
-        return self.cfg.max_steps is not None and pos.step >= self.cfg.max_steps
+        """Whether this run has taken its ``max_steps`` (counted from where it began)."""
+        return self.cfg.max_steps is not None and pos.step - pos.run_start >= self.cfg.max_steps
 
     def batches(self, pos: Position):
         """This worker's batches of the day at ``pos`` (after the ones it already took), then
@@ -172,9 +177,15 @@ class WorkerTrainer:
                 "image_model": self.job.strategy.worker_state(self.images)})
             meta = {"step": pos.step, "position": vars(pos).copy(),
                     "servers": self.topo.num_servers, "workers": self.topo.num_workers,
-                    "model": self.cfg.model, "config": self.cfg.to_dict()}
+                    "model": self.cfg.model, "config": self.cfg.to_dict(),
+                    "schema": json.loads(self.schema.to_json())}
         ckpt.collect_manifest(self.topo, d, files, meta)
         self.checkpointed_at = pos.step
+
+    def end_day(self, pos: Position) -> None:
+        """The day is over on every worker: servers age their rows; all ranks report it."""
+        self.client.command(Phase.DAY_END, pos.step)
+        self.days.end_day(pos.step, day=self.job.train_days[pos.day].name)
 
     def final_checkpoint(self, pos: Position) -> None:
         if self.checkpointed_at != pos.step:
@@ -224,7 +235,8 @@ class WorkerTrainer:
         self.topo.role_comm.Allreduce(losses, total)
         out = {"worker": {"samples": self.samples, "steps": len(losses),
                           **reader_totals(self.readers)},
-               "losses": total.tolist(), "final_step": pos.step, "step_s": self.step_s}
+               "losses": total.tolist(), "final_step": pos.step, "step_s": self.step_s,
+               "days": self.days.days}
         if self.images is not None:
             out["images"] = self.images.stats()
             out["image_model_sha256"] = state_digest(self.images.model.state_dict())
