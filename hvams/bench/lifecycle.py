@@ -163,7 +163,6 @@ def load_check(base: TrainConfig, ranks: int, days: list[str], out: Path, runs: 
     (``is_complete``), then the servers' restore of every table (``restore_tables``, one
     server after another in this process, so no other rank competes for the cores). Cold
     again: a one-step ``--init-from`` job, for the start-up beyond loading."""
-    from ..embedding.lifecycle import policy_for
     from ..embedding.shard import EmbeddingShard
     from ..protocol.channels import id_route
     from ..train.checkpoint import _members, is_complete
@@ -190,10 +189,8 @@ def load_check(base: TrainConfig, ranks: int, days: list[str], out: Path, runs: 
     verify_s = time.perf_counter() - t0
     restore_s = 0.0
     for me in range(cfg.servers):
-        shards = {t: EmbeddingShard(t, members[f"{t}/rows"].shape[1], cfg.sparse_optimizer,
-                                    cfg.sparse_lr, cfg.seed, cfg.init_scale,
-                                    dtype=members[f"{t}/rows"].dtype,
-                                    policy=policy_for(cfg, t), server=me) for t in tables}
+        shards = {t: EmbeddingShard.for_table(cfg, t, members[f"{t}/rows"].shape[1],
+                                              members[f"{t}/rows"].dtype, me) for t in tables}
         t0 = time.perf_counter()
         restore_tables(src, shards, {t: id_route(t) for t in tables}, me, cfg.servers)
         restore_s += time.perf_counter() - t0

@@ -21,7 +21,7 @@ import torch
 from ..config import ConfigError
 from .init import initial_rows
 from .key_index import KeyIndex
-from .lifecycle import CapacityError, RowPolicy
+from .lifecycle import CapacityError, RowPolicy, policy_for
 from .sketch import CountMinSketch
 
 MIN_CAPACITY = 1024
@@ -54,6 +54,12 @@ class EmbeddingShard:
         self.day = 0       # training days ended (TTL)
         self.tick = 0      # training steps served (LRU)
         self.counts = Counter()  # admitted, filtered, evicted_ttl, evicted_capacity
+
+    @classmethod
+    def for_table(cls, cfg, table: str, dim: int, dtype, server: int) -> EmbeddingShard:
+        """A fresh shard of ``table`` as server ``server`` of a run of ``cfg`` holds it."""
+        return cls(table, dim, cfg.sparse_optimizer, cfg.sparse_lr, cfg.seed, cfg.init_scale,
+                   dtype=dtype, policy=policy_for(cfg, table), server=server)
 
     def _slot_names(self) -> tuple[str, ...]:
         return {"adagrad": ("sum",), "adam": ("m", "v"), "sgd": ()}[self.optimizer]

@@ -4,7 +4,6 @@ from __future__ import annotations
 from ..data.reader import day_files, worker_chunks
 from ..data.schema import IMAGE_CHANNEL
 from ..distributed.failfast import maybe_inject_fault
-from ..embedding.lifecycle import policy_for
 from ..embedding.shard import EmbeddingShard
 from ..protocol.timing import stage
 from ..train import checkpoint as ckpt
@@ -30,10 +29,8 @@ def build_channels(job):
             image = job.strategy.server_channel(spec, job.rt, job.topo, job.counter)
             channels.append(image)
             continue
-        shards[spec.name] = EmbeddingShard(spec.name, spec.dim, cfg.sparse_optimizer,
-                                           cfg.sparse_lr, cfg.seed, cfg.init_scale,
-                                           dtype=spec.dtype, policy=policy_for(cfg, spec.name),
-                                           server=job.topo.role_rank)
+        shards[spec.name] = EmbeddingShard.for_table(cfg, spec.name, spec.dim, spec.dtype,
+                                                     job.topo.role_rank)
         channels.append(EmbeddingChannel(spec, shards[spec.name]))
     return shards, channels, image
 
