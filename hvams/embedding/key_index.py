@@ -164,3 +164,10 @@ class KeyIndex:
         self.tombs = 0
         used = old_keys >= 0
         self._place(old_keys[used], old_rows[used])
+
+    def keys_in_row_order(self) -> np.ndarray:
+        """All keys, ordered by their row (the tensor cache compacts with it)."""
+        out = np.empty(self.size, np.int64)
+        used = self._keys >= 0
+        out[self._rows[used]] = self._keys[used]
+        return out
