@@ -80,7 +80,7 @@ def _whole(directory, table, keep):
 def measure(directory: Path, mode: str) -> dict:
     from hvams.embedding.shard import EmbeddingShard
     from hvams.protocol.channels import id_route
-    from hvams.train.checkpoint import load_owned_rows
+    from hvams.train.shard_files import load_owned_rows
 
     import tracemalloc
 

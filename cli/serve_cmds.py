@@ -13,21 +13,31 @@ from .common import reported
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Export directory.")
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Processes that embed the image store.")
-def export_cmd(run_dir, out, workers):
+@click.option("--since", type=click.Path(exists=True, file_okay=False), default=None,
+              help="An earlier export: write only the rows changed since it, and the keys "
+                   "deleted.")
+def export_cmd(run_dir, out, workers, since):
     """Export a trained run for serving: image embeddings, ID tables, the worker model.
 
     \b
     Example:
       hvams export runs/dicm --out models/dicm
+      hvams export runs/day31 --out models/day31 --since models/day30
     """
     from hvams.serve.export import export_run
 
     with reported(FileNotFoundError):
-        m = export_run(run_dir, out, workers)
+        m = export_run(run_dir, out, workers, since)
     c = m["image_counts"] or {}
     click.echo(f"exported {run_dir} ({m['checkpoint']}, {m['model']}) to {out}: "
                f"{len(m['files'])} files; images embedded {c.get('served', 0)}, "
                f"missing/corrupt {c.get('missing', 0) + c.get('corrupt', 0)}")
+    if "delta_counts" in m:
+        d = m["delta_counts"]
+        changed = sum(v["changed"] for v in d.values())
+        click.echo(f"a delta on {since} ({m['since_checkpoint']}): {changed:,} of "
+                   f"{sum(v['rows'] for v in d.values()):,} rows changed, "
+                   f"{sum(v['deleted'] for v in d.values()):,} keys deleted")
 
 
 @click.command("predict")

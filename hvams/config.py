@@ -32,6 +32,7 @@ SparseOptimizer = Literal["adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp64"]
 Eviction = Literal["lru", "lfu"]
+CheckpointMode = Literal["full", "delta"]
 
 IMAGE_MODELS = ("dicm", "din+img")
 
@@ -168,6 +169,13 @@ class TrainConfig:
                             flag=False)
     # bookkeeping
     checkpoint_every: int = key(0, "Checkpoint every K steps (0: at the end only).")
+    checkpoint_mode: CheckpointMode = key(
+        "full", "full: every checkpoint writes every row; delta: only the rows changed since "
+                "the previous one (and the keys deleted), on a full base.")
+    delta_compact_every: int = key(8, "checkpoint_mode delta: after this many deltas the next "
+                                      "checkpoint is a full base again.")
+    keep_checkpoints: int = key(0, "Keep the newest K checkpoints (and the bases their deltas "
+                                   "need); older ones are removed (0: keep all).")
     resume: Flag = key(False, "Continue from the newest complete checkpoint in out.",
                        on="--resume")
     progress: Flag = key(True, "Progress bar / log lines on the first server.",
@@ -222,6 +230,8 @@ class TrainConfig:
         need(typed.max_steps is None or typed.max_steps >= 1, "max_steps", "must be at least 1")
         need(typed.checkpoint_every >= 0, "checkpoint_every", "must be >= 0")
         need(typed.eval_every >= 0, "eval_every", "must be >= 0")
+        need(typed.delta_compact_every >= 1, "delta_compact_every", "must be at least 1")
+        need(typed.keep_checkpoints >= 0, "keep_checkpoints", "must be >= 0 (0: keep all)")
         need(typed.step_timeout >= 0, "step_timeout", "must be >= 0 (0 = no watchdog)")
         need(all(d >= 1 for d in typed.mlp) and typed.mlp, "mlp", "needs positive layer sizes")
         need(all(d >= 1 for d in typed.attention), "attention", "needs positive layer sizes")

@@ -223,9 +223,18 @@ def test_bench_shard_measures_each_size_against_its_bound(tmp_path):
         assert b["raw"] == 96 and 32 <= b["index"] < 64 and b["total"] == 104 + b["index"]
         assert s["mch"]["lookup"] > 0
         assert s["checkpoint"]["bytes"] > 104 * s["rows"] and s["checkpoint"]["load_gb_s"] > 0
+        # deltas of 1% and 5% of the rows: a changed row costs its place (8 B) beyond a full
+        # checkpoint's row, and the base + deltas restored every row
+        d1, d5 = s["checkpoint"]["deltas"]
+        assert (d1["fraction"], d5["fraction"]) == (0.01, 0.05)
+        assert d5["rows"] == (s["rows"] + 3 * 7000) * 5 // 100   # with the rows inserted
+        assert 112 * d5["rows"] < d5["bytes"] < 112 * d5["rows"] + 8192
+        assert d1["bytes"] < d5["bytes"] < 0.1 * s["checkpoint"]["bytes"]
+        assert s["checkpoint"]["chain_load_s"] > 0
     assert "dict" in r["sizes"][0] and "dict" not in r["sizes"][1]   # --dict-max
     md = (out / "shard.md").read_text()
     assert md.startswith("Command: `hvams bench shard") and "| 50,000 |" in md
+    assert "Delta checkpoints on the full one" in md
     assert all(s["bounds"]["lookup"]["lines_per_key"] == 1 and s["limits"]["random_m_s"] > 0
                for s in r["sizes"])
     assert chart.read_bytes().startswith(PNG)

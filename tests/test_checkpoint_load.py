@@ -6,6 +6,7 @@ import pytest
 from hvams.embedding.shard import EmbeddingShard
 from hvams.protocol.channels import id_route
 from hvams.train import checkpoint as ckpt
+from hvams.train import shard_files
 
 
 @pytest.fixture
@@ -29,7 +30,7 @@ def three_server_ckpt(tmp_path):
 def test_blocks_equal_whole_files(three_server_ckpt, block, servers):
     """Re-sharding 3 -> 2 reads blocks of rows; 3 -> 1 keeps whole files (one read each)."""
     keep = lambda k: id_route("item")(k, servers) == servers - 1  # noqa: E731
-    keys, rows, slots, step, _ = ckpt.load_owned_rows(three_server_ckpt, "item", keep, block=block)
+    keys, rows, slots, step, _ = shard_files.load_owned_rows(three_server_ckpt, "item", keep, block=block)
     want_k, want_r, want_m = [], [], []
     for s in range(3):
         with np.load(three_server_ckpt / f"server-{s}.npz") as z:

@@ -128,3 +128,53 @@ def test_a_capacity_below_one_step_is_an_error_naming_table_and_server(tiny_worl
     assert res.returncode != 0 and not res.timed_out
     assert "CapacityError: table 'user' on server 0: one step needs" in res.output
     assert "but max_rows_per_shard is 20" in res.output and "Traceback" not in res.output
+
+
+def test_export_since_holds_the_changes_and_loads_as_the_full_export(tiny_world, tmp_path):
+    """Day B's export as a delta on day A's holds only the rows that changed and the keys
+    deleted; applied to A's export it is B's full export, key for key and bit for bit, and
+    it scores as that export does. A delta on another export than its own is refused."""
+    from click.testing import CliRunner
+
+    from cli.main import main as cli
+    from hvams.serve.export_tables import ExportError, load_tables
+    from hvams.serve.predict import predict
+
+    keys = dict(servers=2, model="dicm", batch_size=64, id_ttl_days=1)
+    train_ok(4, tiny_world, tmp_path / "a", "--config", _days(tmp_path, "a", "day=00"), **keys)
+    train_ok(4, tiny_world, tmp_path / "b", "--config", _days(tmp_path, "b", "day=01"),
+             init_from=tmp_path / "a", **keys)
+    export_run(tmp_path / "a", tmp_path / "xa", workers=1)
+    export_run(tmp_path / "b", tmp_path / "xb", workers=1)
+    res = CliRunner().invoke(cli, ["export", str(tmp_path / "b"), "--out", str(tmp_path / "db"),
+                                   "--workers", "1", "--since", str(tmp_path / "xa")])
+    assert res.exit_code == 0, res.output
+    assert "rows changed" in res.output and "keys deleted" in res.output
+    full, old = load_tables(tmp_path / "xb"), load_tables(tmp_path / "xa")
+    applied = load_tables(tmp_path / "db")
+    assert applied.keys() == full.keys()
+    for name in full:
+        assert full[name].keys() == applied[name].keys()
+        for part in full[name]:
+            assert np.array_equal(full[name][part], applied[name][part]), (name, part)
+    with np.load(tmp_path / "db" / "tables" / "user.npz") as z:
+        # the users day B trained travel; those its TTL evicted (unseen on day B) are named
+        gone = set(old["user"]["keys"].tolist()) - set(full["user"]["keys"].tolist())
+        assert gone and set(z["deleted"].tolist()) == gone and len(z["keys"]) > 0
+    # what did not change does not travel: A's model since A's own export is empty
+    m = export_run(tmp_path / "a", tmp_path / "da", workers=1, since=tmp_path / "xa")
+    assert all(v["changed"] == v["deleted"] == 0 for v in m["delta_counts"].values())
+    assert m["delta_counts"]["user"]["rows"] == len(old["user"]["keys"])
+    a = predict(tmp_path / "xb", tiny_world / "day=02", tmp_path / "s1.parquet")
+    b = predict(tmp_path / "db", tiny_world / "day=02", tmp_path / "s2.parquet")
+    assert a["metrics"] == b["metrics"]
+    # the base changed under the delta (re-exported), or --since is not an export: refused
+    export_run(tmp_path / "a", tmp_path / "xa", workers=1)
+    (tmp_path / "xa" / "manifest.json").write_text(
+        (tmp_path / "xa" / "manifest.json").read_text().replace('"model"', '"model" ', 1))
+    with pytest.raises(ExportError, match="is a delta on another export"):
+        load_tables(tmp_path / "db")
+    res = CliRunner().invoke(cli, ["export", str(tmp_path / "b"), "--out", str(tmp_path / "dc"),
+                                   "--since", str(tmp_path / "b")])
+    assert res.exit_code == 2 and "not a readable export manifest" in res.output
+    assert "Traceback" not in res.output

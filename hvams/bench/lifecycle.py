@@ -165,7 +165,8 @@ def load_check(base: TrainConfig, ranks: int, days: list[str], out: Path, runs: 
     again: a one-step ``--init-from`` job, for the start-up beyond loading."""
     from ..embedding.shard import EmbeddingShard
     from ..protocol.channels import id_route
-    from ..train.checkpoint import _members, is_complete
+    from ..train.checkpoint import is_complete
+    from ..train.shard_files import members as file_members
     from ..train.restore import restore_tables
 
     name = max(runs, key=lambda n: runs[n][-1]["ckpt_bytes"])
@@ -173,7 +174,7 @@ def load_check(base: TrainConfig, ranks: int, days: list[str], out: Path, runs: 
     src = latest_complete(out / name / runs[name][-1]["day"])
     files = [f for f in src.iterdir() if f.is_file()]
     total = sum(f.stat().st_size for f in files)
-    members = {k: m for f in files if f.name.startswith("server-") for k, m in _members(f).items()}
+    members = {k: m for f in files if f.name.startswith("server-") for k, m in file_members(f).items()}
     tables = sorted({k.split("/")[0] for k in members if k.endswith("/keys")})
     rows = sum(m.shape[0] for k, m in members.items() if k.endswith("/keys"))
     cold = drop_page_cache()

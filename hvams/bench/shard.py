@@ -152,13 +152,13 @@ def measure_size(n: int, per_server: int, repeats: float, batches: int, seed: in
     if with_dict:
         out["dict"] = dict_baseline(n, qs, fresh, k)
     if ckpt_dir is not None:
-        written = write_checkpoint(shard, ckpt_dir)
+        written = write_checkpoints(shard, ckpt_dir, k, seed + 3)
     del shard, fresh   # the MCH buffer and a restore of 100M rows need the shard's room
     gc.collect()
     if with_mch:
         out["mch"] = mch_baseline(n, qs, k)
     if ckpt_dir is not None:
-        out["checkpoint"] = load_checkpoint(written, n + batches * k)
+        out["checkpoint"] = load_checkpoints(written, n + batches * k)
     out["peak_rss_mb"] = peak_rss_mb()
     return out
 
@@ -227,28 +227,55 @@ def disk_rates(directory: Path, megabytes: int = 1024) -> dict:
     return {"write_gb_s": write, "read_gb_s": read, "cold": cold}
 
 
-def write_checkpoint(shard: EmbeddingShard, directory: Path) -> dict:
-    """A full checkpoint of the shard, written and fsync'd."""
+# The deltas written on the full checkpoint: the fraction of rows each one's steps updated.
+DELTA_FRACTIONS = (0.01, 0.05)
+
+
+def _write(shard: EmbeddingShard, directory: Path, step: int, chain: list | None) -> dict:
+    """One checkpoint of the shard (full, or a delta on ``chain``), written and fsync'd."""
     from ..train import checkpoint as ckpt
 
-    d = directory / "ckpt-00000001"
+    d = ckpt.ckpt_dir(directory, step)
     t0 = time.perf_counter()
-    files = ckpt.save_shards(d, 0, {TABLE: shard})
-    ckpt.write_manifest(d, files, {"step": 1, "servers": 1})
+    files = ckpt.save_shards(d, 0, {TABLE: shard}, delta=chain is not None)
+    meta = ckpt.chain_meta(directory, chain, d.name) if chain is not None else {}
+    ckpt.write_manifest(d, files, {"step": step, "servers": 1, **meta})
     with open(d / "server-0.npz", "rb") as fh:
         os.fsync(fh.fileno())
-    return {"dir": d, "write_s": time.perf_counter() - t0}
+    shard.mark_saved()
+    return {"dir": d, "write_s": time.perf_counter() - t0,
+            "bytes": (d / "server-0.npz").stat().st_size}
 
 
-def load_checkpoint(written: dict, rows: int) -> dict:
-    """From a cold cache, a start's checksum check and restore of the checkpoint into an
-    empty shard, in GB/s of the file; the checkpoint is removed after."""
+def write_checkpoints(shard: EmbeddingShard, directory: Path, k: int, seed: int) -> dict:
+    """A full checkpoint of the shard, then a delta after updating each of
+    ``DELTA_FRACTIONS`` of its rows (in steps of ``k`` distinct keys), on top of each other."""
+    n = len(shard)
+    shard.start_tracking()   # as checkpoint_mode delta does (the rates above ran without)
+    full = _write(shard, directory, 1, None)
+    rng = np.random.default_rng(seed)
+    grads = rng.standard_normal((k, DIM)).astype(np.float32)
+    chain, deltas = [full["dir"].name], []
+    for i, fraction in enumerate(DELTA_FRACTIONS):
+        # distinct rows without a permutation of all n (800 MB at 100M rows)
+        drawn = np.unique(rng.integers(0, n, int(n * fraction * 1.1) + 16))
+        touched = keys_for(rng.choice(drawn, min(len(drawn), int(n * fraction)), replace=False))
+        for lo in range(0, len(touched), k):
+            part = touched[lo:lo + k]
+            shard.apply(part, grads[:len(part)])
+        written = _write(shard, directory, 2 + i, chain)
+        chain.append(written["dir"].name)
+        deltas.append({**written, "fraction": fraction, "rows": len(touched)})
+    return {"full": full, "deltas": deltas}
+
+
+def _load(d: Path, rows: int) -> dict:
+    """From a cold cache, a start's checksum check and restore of checkpoint ``d`` (its whole
+    chain) into an empty shard, in seconds."""
     from ..protocol.channels import id_route
     from ..train import checkpoint as ckpt
     from ..train.restore import restore_tables
 
-    d = written["dir"]
-    size = (d / "server-0.npz").stat().st_size
     cold = drop_page_cache()
     t0 = time.perf_counter()
     assert ckpt.is_complete(d)
@@ -259,13 +286,33 @@ def load_checkpoint(written: dict, rows: int) -> dict:
     restore_s = time.perf_counter() - t0
     assert len(fresh[TABLE]) == rows
     del fresh
-    for f in d.iterdir():
-        f.unlink()
-    d.rmdir()
     gc.collect()
-    return {"bytes": size, "cold": cold, "write_gb_s": size / written["write_s"] / 1e9,
-            "verify_gb_s": size / verify_s / 1e9, "restore_gb_s": size / restore_s / 1e9,
-            "load_gb_s": size / (verify_s + restore_s) / 1e9}
+    return {"cold": cold, "verify_s": verify_s, "restore_s": restore_s}
+
+
+def load_checkpoints(written: dict, rows: int) -> dict:
+    """Each checkpoint's write and load rates: the full one in GB/s of its file, each delta
+    in bytes and seconds against the full one's; the checkpoints are removed after."""
+    import shutil
+
+    full = written["full"]
+    size = full["bytes"]
+    loaded = _load(full["dir"], rows)
+    chain = _load(written["deltas"][-1]["dir"], rows) if written["deltas"] else None
+    out = {"bytes": size, "cold": loaded["cold"], "write_gb_s": size / full["write_s"] / 1e9,
+           "verify_gb_s": size / loaded["verify_s"] / 1e9,
+           "restore_gb_s": size / loaded["restore_s"] / 1e9,
+           "load_gb_s": size / (loaded["verify_s"] + loaded["restore_s"]) / 1e9,
+           "load_s": loaded["verify_s"] + loaded["restore_s"], "write_s": full["write_s"],
+           "deltas": [{"fraction": d["fraction"], "rows": d["rows"], "bytes": d["bytes"],
+                       "write_s": d["write_s"], "bytes_vs_full": d["bytes"] / size,
+                       "time_vs_full": d["write_s"] / full["write_s"]}
+                      for d in written["deltas"]]}
+    if chain is not None:
+        out["chain_load_s"] = chain["verify_s"] + chain["restore_s"]
+        out["chain_vs_full"] = out["chain_load_s"] / out["load_s"]
+    shutil.rmtree(full["dir"].parent, ignore_errors=True)
+    return out
 
 
 def run_shard_bench(sizes: list[int], ids_per_batch: int = 1_400_000, servers: int = 10,
@@ -322,6 +369,7 @@ def format_shard(r: dict) -> str:
              "index insert | insert with rows | gather | update | dict lookup / insert "
              "(KeyIndex's gain) | MCH lookup | ckpt write / load GB/s |",
              "|---" * 12 + "|"]
+    deltas = []
     for s in r["sizes"]:
         rt, by, b = s["rates"], s["bytes_per_row"], s["bounds"]
 
@@ -336,11 +384,27 @@ def format_shard(r: dict) -> str:
         mch_cell = f"{m['lookup'] / 1e6:.1f}" if m else "–"
         c = s.get("checkpoint")
         ck = f"{c['write_gb_s']:.2f} / {c['load_gb_s']:.2f}" if c else "–"
+        if c and c.get("deltas"):
+            deltas.append(f"| {s['rows']:,} | {c['bytes'] / 1e9:.2f} GB, {c['write_s']:.1f} s | "
+                          + " | ".join(f"{d['bytes'] / 1e6:.0f} MB, {d['write_s']:.2f} s "
+                                       f"({d['bytes_vs_full']:.1%} / {d['time_vs_full']:.1%})"
+                                       for d in c["deltas"])
+                          + f" | {c['load_s']:.1f} s | {c['chain_load_s']:.1f} s "
+                            f"({c['chain_vs_full']:.2f}x) |")
         lines.append(f"| {s['rows']:,} | {s['limits']['random_m_s']:.1f} | "
                      f"{by['total']:.0f} ({by['index']:.0f}) | "
                      f"{by['vs_raw']:.2f}x | {cell('lookup')} | {cell('index_insert')} | "
                      f"{cell('insert')} | "
                      f"{cell('gather')} | {cell('update')} | {dict_cell} | {mch_cell} | {ck} |")
+    if deltas:
+        fr = [d["fraction"] for s in r["sizes"] if s.get("checkpoint")
+              for d in s["checkpoint"]["deltas"]][:len(DELTA_FRACTIONS)]
+        lines += ["", "Delta checkpoints on the full one (bytes and write time, and as a share "
+                  "of the full checkpoint's), and loading from a cold cache:", "",
+                  "| rows | full checkpoint | " + " | ".join(f"delta, {f:.0%} of rows updated"
+                                                        for f in fr)
+                  + " | load full | load base + deltas |",
+                  "|---" * (4 + len(fr)) + "|", *deltas]
     if r.get("disk"):
         lines += ["", f"Disk: sequential write {r['disk']['write_gb_s']:.2f} GB/s (fsync'd), "
                   f"read {r['disk']['read_gb_s']:.2f} GB/s ({'cold' if r['disk']['cold'] else 'warm'} cache)."]

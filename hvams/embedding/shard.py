@@ -10,6 +10,11 @@ Which keys get a row and how long it stays is the table's ``RowPolicy``
 (``lifecycle.py``). An evicted row's place is filled by the last rows (rows
 stay 0..n-1 and contiguous), and arrays that have become four times too
 large are reallocated, so eviction gives memory back.
+
+With ``track_changes`` (delta checkpoints) the shard marks every row place it
+writes (a new row, an update, a use, an evicted row's filler) and keeps the keys
+it deleted, until ``mark_saved``: a place left unmarked holds what it held at the
+last save, which is what lets a delta name only the changed places.
 """
 from __future__ import annotations
 
@@ -25,6 +30,7 @@ from .lifecycle import CapacityError, RowPolicy, policy_for
 from .sketch import CountMinSketch
 
 MIN_CAPACITY = 1024
+GROW_SLOWER_FROM = 1 << 20   # rows: above this, arrays grow by 25% instead of doubling
 
 OPTIMIZERS = ("adagrad", "adam", "sgd")
 
@@ -35,7 +41,8 @@ class EmbeddingShard:
     def __init__(self, table: str, dim: int, optimizer: str = "adagrad", lr: float = 0.05,
                  seed: int = 0, init_scale: float = 0.05, capacity: int = 1024,
                  betas: tuple[float, float] = (0.9, 0.999), eps: float | None = None,
-                 dtype=np.float32, policy: RowPolicy = RowPolicy(), server: int = 0):
+                 dtype=np.float32, policy: RowPolicy = RowPolicy(), server: int = 0,
+                 track_changes: bool = False):
         if optimizer not in OPTIMIZERS:
             raise ValueError(f"unknown sparse optimizer {optimizer!r}; one of {OPTIMIZERS}")
         self.table, self.dim, self.optimizer, self.lr = table, dim, optimizer, lr
@@ -54,12 +61,17 @@ class EmbeddingShard:
         self.day = 0       # training days ended (TTL)
         self.tick = 0      # training steps served (LRU)
         self.counts = Counter()  # admitted, filtered, evicted_ttl, evicted_capacity
+        self.changed: np.ndarray | None = None   # row places written since the last save
+        self.deleted: list[np.ndarray] = []       # keys evicted since the last save
+        if track_changes:
+            self.start_tracking()
 
     @classmethod
     def for_table(cls, cfg, table: str, dim: int, dtype, server: int) -> EmbeddingShard:
         """A fresh shard of ``table`` as server ``server`` of a run of ``cfg`` holds it."""
         return cls(table, dim, cfg.sparse_optimizer, cfg.sparse_lr, cfg.seed, cfg.init_scale,
-                   dtype=dtype, policy=policy_for(cfg, table), server=server)
+                   dtype=dtype, policy=policy_for(cfg, table), server=server,
+                   track_changes=cfg.checkpoint_mode == "delta")
 
     def _slot_names(self) -> tuple[str, ...]:
         return {"adagrad": ("sum",), "adam": ("m", "v"), "sgd": ()}[self.optimizer]
@@ -80,26 +92,46 @@ class EmbeddingShard:
         return {"rows": self.rows, **{f"slot_{k}": v for k, v in self.slots.items()},
                 "row_keys": self.row_keys, **{f"meta_{k}": v for k, v in self.meta.items()}}
 
+    def row_array_names(self) -> list[str]:
+        """The per-row arrays a checkpoint holds beside the keys."""
+        return [name for name in self._arrays() if name != "row_keys"]
+
     def _set_arrays(self, arrays: dict[str, np.ndarray]) -> None:
         self.rows, self.row_keys = arrays["rows"], arrays["row_keys"]
         self.slots = {k: arrays[f"slot_{k}"] for k in self.slots}
         self.meta = {k: arrays[f"meta_{k}"] for k in self.meta}
+        if self.changed is not None and len(self.changed) != len(self.rows):
+            changed, keep = np.zeros(len(self.rows), bool), min(len(self.rows), len(self.changed))
+            changed[:keep] = self.changed[:keep]
+            self.changed = changed
 
     def _resize(self, cap: int) -> None:
-        new = {}
-        for name, old in self._arrays().items():
-            arr = np.zeros((cap, *old.shape[1:]), old.dtype)
-            keep = min(len(old), cap)
-            arr[:keep] = old[:keep]
-            new[name] = arr
-        self._set_arrays(new)
+        """Every per-row array at ``cap`` rows, one array at a time: each old one goes as its
+        copy is made, so a resize holds the table plus one array, not the table twice."""
+        arrays = self._arrays()
+        for name in list(arrays):
+            old = arrays[name]
+            arrays[name] = np.zeros((cap, *old.shape[1:]), old.dtype)
+            arrays[name][:min(len(old), cap)] = old[:cap]
+            del old
+            self._set_arrays(arrays)
+
+    def _mark(self, rows: np.ndarray) -> None:
+        """Row places written since the last save (tracking only)."""
+        if self.changed is not None:
+            self.changed[rows] = True
 
     def _ensure_capacity(self, n: int) -> None:
+        """Room for ``n`` rows: arrays double while small, then grow by a quarter (a restored
+        table of 100M rows holds them exactly, and doubling it on its first new key would
+        need its size again), never past the policy's row cap."""
         cap = len(self.rows)
         if n <= cap:
             return
         while cap < n:
-            cap *= 2
+            cap = cap * 2 if cap < GROW_SLOWER_FROM else cap + cap // 4
+        if self.policy.max_rows:
+            cap = max(n, min(cap, self.policy.max_rows))
         self._resize(cap)
 
     def row_ids(self, keys: np.ndarray, insert: bool = True) -> np.ndarray:
@@ -127,6 +159,7 @@ class EmbeddingShard:
             self.rows[ids] = initial_rows(new_keys, self.dim, self.table, self.seed,
                                           self.init_scale)
             self.row_keys[ids] = new_keys
+            self._mark(ids)
             for slot in self.slots.values():
                 slot[ids] = 0
             for arr in self.meta.values():
@@ -136,6 +169,8 @@ class EmbeddingShard:
         return rows
 
     def _touch(self, rows: np.ndarray) -> None:
+        if self.meta:
+            self._mark(rows)
         if "last_day" in self.meta:
             self.meta["last_day"][rows] = self.day
         if "last_tick" in self.meta:
@@ -180,6 +215,8 @@ class EmbeddingShard:
         if len(victims) == 0:
             return
         n = len(self.index)
+        if self.changed is not None:
+            self.deleted.append(self.row_keys[victims].copy())
         self.index.delete(self.row_keys[victims])
         keep = n - len(victims)
         gone = np.zeros(n, bool)
@@ -189,6 +226,7 @@ class EmbeddingShard:
         for arr in self._arrays().values():
             arr[holes] = arr[movers]
         self.index.relabel(self.row_keys[holes], holes)
+        self._mark(holes)
         self.counts[reason] += len(victims)
         if len(self.rows) > max(4 * keep, MIN_CAPACITY):
             self._resize(max(2 * keep, MIN_CAPACITY))
@@ -221,6 +259,7 @@ class EmbeddingShard:
             grads, rows = grads[rows >= 0], rows[rows >= 0]
             if len(rows) == 0:
                 return
+        self._mark(rows)
         w = torch.from_numpy(self.rows)
         g = torch.from_numpy(np.ascontiguousarray(grads, self.dtype))
         idx = torch.from_numpy(rows)
@@ -285,10 +324,13 @@ class EmbeddingShard:
                 self._set_arrays({"rows": rows, "row_keys": keys.copy(),
                                   **{f"slot_{n}": slots[n] for n in self.slots},
                                   **{f"meta_{n}": np.asarray(v, np.int64) for n, v in fresh.items()}})
+            if self.changed is not None:  # as loaded: what a restore's caller marks saved
+                self.changed = np.ones(len(self.rows), bool)
             self.step = int(step)
             return
         ids = self.index.insert(keys)
         self._ensure_capacity(len(self.index))
+        self._mark(ids)
         self.rows[ids] = rows
         self.row_keys[ids] = keys
         for name in self.slots:
@@ -296,6 +338,32 @@ class EmbeddingShard:
         for name, values in fresh.items():
             self.meta[name][ids] = values
         self.step = int(step)
+
+    def delta_state(self) -> dict[str, np.ndarray]:
+        """What changed since ``mark_saved``, by checkpoint name: the changed row places
+        (``positions``) with their keys, rows, slots and bookkeeping, the row count, the keys
+        deleted since (with keys added and deleted since, which a reader never had) and the
+        table's counters, as in ``state``."""
+        n = len(self.index)
+        pos = np.flatnonzero(self.changed[:n])
+        gone = np.unique(np.concatenate(self.deleted)) if self.deleted else np.zeros(0, np.int64)
+        arrays = self._arrays()
+        out = {k: v for k, v in self.state(copy=False).items() if k not in arrays and k != "keys"}
+        out.update({"positions": pos, "count": np.array([n]), "keys": self.row_keys[pos],
+                    "deleted": gone[self.index.lookup(gone) < 0]})
+        out.update({name: arrays[name][pos] for name in self.row_array_names()})
+        return out
+
+    def start_tracking(self) -> None:
+        """Track changes from here, as if the shard had just been saved."""
+        self.changed = np.zeros(len(self.rows), bool)
+        self.deleted = []
+
+    def mark_saved(self) -> None:
+        """The shard's state is what the newest checkpoint holds: track changes from here."""
+        if self.changed is not None:
+            self.changed[:] = False
+            self.deleted = []
 
     def load_clock(self, day: int, tick: int, sketch: np.ndarray | None = None,
                    sketch_total: int = 0) -> None:

@@ -9,6 +9,10 @@ process per group of partitions). The export holds
     model_state.pt           the worker model's tensors (rebuilt from manifest["model_config"])
     tables/<table>.npz       ID embedding tables (sorted keys, rows)
     image_embeddings.npz     image key -> 12-d embedding, plus the missing-image row
+
+``--since OLD`` writes the same files holding only what changed since export OLD, and
+the keys deleted (``export_tables.py``): a serving host that has OLD loads the day's
+model from a fraction of the bytes.
 """
 from __future__ import annotations
 
@@ -30,6 +34,8 @@ from ..models.inputs import model_fields
 from ..store.lmdb_store import ImageStore, read_manifest
 from ..strategies import strategy_for
 from ..train import checkpoint as ckpt
+from ..train import shard_files
+from . import export_tables
 
 
 def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
@@ -46,12 +52,12 @@ def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
     return cfg, d, dense, image
 
 
-def _tables(d: Path, schema: Schema) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def _tables(d: Path, schema: Schema, dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     out = {}
     for table in schema.tables:
-        keys, rows = ckpt.load_owned_rows(d, table, lambda k: np.ones(len(k), bool))[:2]
+        keys, rows = shard_files.load_owned_rows(d, table, lambda k: np.ones(len(k), bool))[:2]
         order = np.argsort(keys)
-        out[table] = (keys[order], rows[order] if rows is not None else np.zeros((0, 0), np.float32))
+        out[table] = (keys[order], rows[order] if rows is not None else np.zeros((0, dim), np.float32))
     return out
 
 
@@ -93,27 +99,55 @@ def export_images(cfg: TrainConfig, state: dict, workers: int = 2, batch: int = 
 
 
 EXPORT_FORMAT = "hvams-export/2"
+# A --since export: readers that do not know it refuse it, rather than serve its tables as whole.
+DELTA_FORMAT = "hvams-export-delta/1"
+FORMATS = (EXPORT_FORMAT, DELTA_FORMAT)
 # The config keys that decide the worker model's class and shapes (hvams.models.build_model).
 MODEL_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors", "seed")
 
 
-def export_run(run_dir: str | Path, out: str | Path, workers: int = 2) -> dict:
-    """Write the serving export of ``run_dir``'s newest complete checkpoint."""
+def _check_since(since: Path, out: Path) -> None:
+    """``since`` is an export this one can be a delta on, and writing ``out`` leaves it and
+    the exports it needs in place."""
+    for d in export_tables.chain_of(since):
+        manifest = export_tables.read_manifest(d)
+        if manifest.get("format") not in FORMATS:
+            raise export_tables.ExportError(f"--since {since}: {d} has export format "
+                                            f"{manifest.get('format')!r}, not one of {FORMATS}")
+        if d == out.resolve() or out.resolve() in d.parents:
+            raise export_tables.ExportError(f"--since {since}: needs {d}, which writing --out "
+                                            f"{out} would replace")
+
+
+def export_run(run_dir: str | Path, out: str | Path, workers: int = 2,
+               since: str | Path | None = None) -> dict:
+    """Write the serving export of ``run_dir``'s newest complete checkpoint (with ``since``:
+    as a delta on that earlier export)."""
     run_dir, out = Path(run_dir), Path(out)
+    if since is not None:
+        since = Path(since)
+        _check_since(since, out)
     cfg, d, dense, image_state = load_trained(run_dir)
     schema = Schema.load(cfg.data)
+    new = {table: {"keys": keys, "rows": rows}
+           for table, (keys, rows) in _tables(d, schema, cfg.emb_dim).items()}
+    counts = None
+    if cfg.uses_images:
+        keys, embs, counts = export_images(cfg, image_state, workers)
+        new[export_tables.IMAGES] = {"keys": keys, "rows": embs,
+                                     "missing": image_state["missing"].numpy()}
+    changes = export_tables.changes_since(since, new) if since is not None else None
     if out.exists():
         shutil.rmtree(out)
     (out / "tables").mkdir(parents=True)
     schema.save(out)
-    files = {}
-    for table, (keys, rows) in _tables(d, schema).items():
-        np.savez(out / "tables" / f"{table}.npz", keys=keys, rows=rows)
-    counts = None
-    if cfg.uses_images:
-        keys, embs, counts = export_images(cfg, image_state, workers)
-        missing = image_state["missing"].numpy()
-        np.savez(out / "image_embeddings.npz", keys=keys, rows=embs, missing=missing)
+    files, delta = {}, {}
+    if changes is not None:
+        delta = export_tables.write_delta(out, since, changes)
+    else:
+        for name, table in new.items():
+            np.savez(out / f"{name}.npz" if name == export_tables.IMAGES
+                     else out / "tables" / f"{name}.npz", **table)
     # The worker model as tensors only (loaded with weights_only): predict rebuilds the
     # same class from MODEL_KEYS, so no code travels inside the export.
     model = build_model(cfg, schema)
@@ -124,10 +158,10 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2) -> dict:
     lists = [f.name for f in fields if f.is_list]
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         files[str(path.relative_to(out))] = ckpt.sha256(path)
-    manifest = {"format": EXPORT_FORMAT, "source_run": str(run_dir), "checkpoint": d.name,
+    manifest = {"format": DELTA_FORMAT if delta else EXPORT_FORMAT, "source_run": str(run_dir), "checkpoint": d.name,
                 "model": cfg.model, "strategy": cfg.strategy, "emb_dim": cfg.emb_dim,
                 "seed": cfg.seed, "init_scale": cfg.init_scale, "single_fields": single,
                 "list_fields": lists, "uses_images": cfg.uses_images, "image_counts": counts,
-                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files}
+                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files, **delta}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -16,6 +16,7 @@ from ..data.schema import IMAGE_CHANNEL, Schema
 from ..embedding.init import initial_rows
 from ..metrics import evaluate
 from ..models.inputs import build_inputs
+from .export_tables import IMAGES, load_tables
 
 
 class Lookup:
@@ -28,14 +29,12 @@ class Lookup:
 
     def __init__(self, model_dir: Path, manifest: dict):
         self.dim, self.seed, self.scale = manifest["emb_dim"], manifest["seed"], manifest["init_scale"]
-        self.tables = {}
-        for path in sorted((Path(model_dir) / "tables").glob("*.npz")):
-            with np.load(path) as z:
-                self.tables[path.stem] = (z["keys"], z["rows"])
+        tables = load_tables(model_dir)   # a --since export: its chain applied
+        images = tables.pop(IMAGES, None)
+        self.tables = {name: (t["keys"], t["rows"]) for name, t in tables.items()}
         self.images = None
-        if manifest["uses_images"] and (Path(model_dir) / "image_embeddings.npz").exists():
-            with np.load(Path(model_dir) / "image_embeddings.npz") as z:
-                self.images = (z["keys"], z["rows"], z["missing"])
+        if manifest["uses_images"] and images is not None:
+            self.images = (images["keys"], images["rows"], images["missing"])
         self.counts = Counter()
 
     @staticmethod
@@ -74,11 +73,11 @@ def load_model(model_dir: Path, manifest: dict, schema: Schema) -> torch.nn.Modu
     from ..config import TrainConfig
     from ..models import build_model
     from ..train.checkpoint import load_torch
-    from .export import EXPORT_FORMAT
+    from .export import FORMATS
 
-    if manifest.get("format") != EXPORT_FORMAT:
-        raise ValueError(f"{model_dir}: export format {manifest.get('format')!r} is not "
-                         f"{EXPORT_FORMAT!r} (TorchScript exports are no longer read): "
+    if manifest.get("format") not in FORMATS:
+        raise ValueError(f"{model_dir}: export format {manifest.get('format')!r} is not one of "
+                         f"{FORMATS} (TorchScript exports are no longer read): "
                          f"run `hvams export` on the training run again")
     cfg = TrainConfig(data=str(model_dir), **manifest["model_config"])
     model = build_model(cfg, schema)

@@ -1,6 +1,8 @@
 """A server rank's run: its channels, built fresh and restored, then the passive step loop."""
 from __future__ import annotations
 
+from mpi4py import MPI
+
 from ..data.reader import day_files, worker_chunks
 from ..data.schema import IMAGE_CHANNEL
 from ..distributed.failfast import maybe_inject_fault
@@ -42,7 +44,13 @@ class ServerRun:
         self.job, self.topo = job, job.topo
         self.shards, channels, self.image = build_channels(job)
         with stage("restore"):
-            restore_server(job, self.shards, self.image)
+            saved = restore_server(job, self.shards, self.image)
+        # The chain the next delta extends (None: the next checkpoint is a full base).
+        self.chain = None
+        if saved is not None:
+            self.chain = ckpt.load_manifest(saved).get("chain") or [saved.name]
+            for shard in self.shards.values():
+                shard.mark_saved()
         self.progress = None
         if self.topo.role_rank == 0:
             total = _total_rows(job.train_days) * job.cfg.epochs
@@ -52,14 +60,25 @@ class ServerRun:
                                self.checkpoint, self.after_step, self.day_end)
 
     def checkpoint(self, step: int) -> None:
-        """This server's shards, and the first server's image-model files (the strategy's)."""
-        d = ckpt.ckpt_dir(self.job.run_dir, step)
-        files = ckpt.save_shards(d, self.topo.role_rank, self.shards,
+        """This server's shards, whole or as a delta on the chain so far, and the first
+        server's image-model files (the strategy's, whole)."""
+        cfg, d = self.job.cfg, ckpt.ckpt_dir(self.job.run_dir, step)
+        delta = (cfg.checkpoint_mode == "delta" and self.chain is not None
+                 and len(self.chain) <= cfg.delta_compact_every and self.chain[-1] != d.name)
+        # one kind for the whole checkpoint: the manifest (server 0's) speaks for every file
+        delta = bool(self.topo.role_comm.allreduce(int(delta), op=MPI.MIN))
+        files = ckpt.save_shards(d, self.topo.role_rank, self.shards, delta=delta,
                                  fault=lambda: maybe_inject_fault(self.topo.rank, step, "ckpt"))
-        if self.topo.role_rank == 0 and self.image is not None:
-            for name, state in self.job.strategy.server_state(self.image).items():
-                files.update(ckpt.save_torch(d, name, state))
-        ckpt.collect_manifest(self.topo, d, files, None)
+        meta = None
+        if self.topo.role_rank == 0:
+            meta = ckpt.chain_meta(self.job.run_dir, self.chain, d.name) if delta else {}
+            if self.image is not None:
+                for name, state in self.job.strategy.server_state(self.image).items():
+                    files.update(ckpt.save_torch(d, name, state))
+        ckpt.collect_manifest(self.topo, d, files, meta, keep=cfg.keep_checkpoints)
+        self.chain = [*self.chain, d.name] if delta else [d.name]
+        for shard in self.shards.values():
+            shard.mark_saved()
 
     def day_end(self, step: int) -> None:
         """A training day is over: age the rows (TTL), then report the day with every rank."""

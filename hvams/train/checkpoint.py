@@ -6,7 +6,14 @@ optimizer, identical on all workers) and ``manifest.json`` with the checksum of
 every file and the training position. A directory without a valid manifest
 is incomplete and never loaded. Servers read every shard file's keys and copy
 only the rows they own, in blocks, so a checkpoint loads on any server count
-and a server never holds another server's rows.
+and a server never holds another server's rows (``shard_files.py``).
+
+A *delta* checkpoint (``checkpoint_mode: delta``) holds the same files, but its
+``server-S.npz`` has only the row places written since the checkpoint before.
+Its manifest names the chain (``chain``: base first, itself last) and the
+checksum of every file of the earlier links (``chain_files``), so a delta is
+complete only when its whole chain is: a torn or altered link ends the chain
+there, and a restore takes the newest complete checkpoint before it.
 """
 from __future__ import annotations
 
@@ -17,7 +24,6 @@ import os
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
@@ -52,22 +58,33 @@ def checksum(path: Path) -> str:
     return f"crc32:{crc:08x}"
 
 
+@functools.lru_cache(maxsize=4096)
+def _digest_of(path: Path, crc: bool, size: int, mtime: int, inode: int) -> str:
+    return checksum(path) if crc else sha256(path)
+
+
 def matches(path: Path, recorded: str) -> bool:
     """Whether a file still has its recorded checksum (a bare hex digest: sha256, as
-    checkpoints before crc32 recorded)."""
-    return (checksum(path) if recorded.startswith("crc32:") else sha256(path)) == recorded
+    checkpoints before crc32 recorded). A file unchanged since it was last checked (same
+    size, mtime and inode) is not read again: the base of a delta chain is checked once
+    while a start walks back over newer links."""
+    st = Path(path).stat()
+    return _digest_of(Path(path), recorded.startswith("crc32:"), st.st_size, st.st_mtime_ns,
+                      st.st_ino) == recorded
 
 
 def ckpt_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / f"ckpt-{step:08d}"
 
 
-def save_shards(directory: Path, server: int, shards: dict, fault=None) -> dict[str, str]:
-    """Write this server's tables (temp file + rename); return {file: checksum}."""
+def save_shards(directory: Path, server: int, shards: dict, delta: bool = False,
+                fault=None) -> dict[str, str]:
+    """Write this server's tables, whole or (``delta``) what changed since the shards were
+    last saved (temp file + rename); return {file: checksum}."""
     directory.mkdir(parents=True, exist_ok=True)
     arrays = {}
     for table, shard in shards.items():
-        for key, value in shard.state(copy=False).items():
+        for key, value in (shard.delta_state() if delta else shard.state(copy=False)).items():
             arrays[f"{table}/{key}"] = value
     path = directory / f"server-{server}.npz"
     tmp = directory / f".server-{server}.npz.tmp"
@@ -136,176 +153,111 @@ def write_manifest(directory: Path, files: dict[str, str], meta: dict) -> Path:
     return directory / MANIFEST
 
 
-def is_complete(directory: Path) -> bool:
-    """Manifest present and every file matches its checksum (the files checked side by
-    side: zlib and hashlib let go of the GIL)."""
+def all_files(directory: Path, manifest: dict | None = None) -> dict[Path, str]:
+    """Every file a checkpoint needs, its chain's included, with its checksum."""
+    manifest = manifest if manifest is not None else load_manifest(directory)
+    out = {directory.parent / f: c for f, c in manifest.get("chain_files", {}).items()}
+    out.update({directory / f: c for f, c in manifest["files"].items()})
+    return out
+
+
+def incomplete_because(directory: Path) -> str | None:
+    """Why a checkpoint cannot be loaded (None: it can): its manifest is missing, or a file
+    of it or of its chain is missing or fails its checksum. Its own files are checked first,
+    then the chain's, each group side by side (zlib and hashlib let go of the GIL); the
+    first failure ends the check."""
     try:
-        files = json.loads((directory / MANIFEST).read_text())["files"]
-        with ThreadPoolExecutor(max(1, min(len(files), os.cpu_count() or 1))) as pool:
-            return all(pool.map(lambda item: matches(directory / item[0], item[1]),
-                                files.items()))
-    except (OSError, ValueError, KeyError, AttributeError):
-        return False
+        manifest = load_manifest(directory)
+        own = {directory / f: c for f, c in manifest["files"].items()}
+        chain = {p: c for p, c in all_files(directory, manifest).items() if p not in own}
+    except (OSError, ValueError, KeyError, AttributeError, TypeError):
+        return f"no readable {MANIFEST}"
 
+    def bad(item):
+        path, recorded = item
+        try:
+            return None if matches(path, recorded) else f"{path} fails its checksum"
+        except OSError:
+            return f"{path} is missing"
 
-def latest_complete(run_dir: str | Path) -> Path | None:
-    """The newest checkpoint directory with a valid manifest."""
-    for d in sorted(Path(run_dir).glob("ckpt-*"), reverse=True):
-        if d.is_dir() and is_complete(d):
-            return d
+    with ThreadPoolExecutor(max(1, os.cpu_count() or 1)) as pool:
+        for group in (own, chain):
+            why = next((w for w in pool.map(bad, group.items()) if w), None)
+            if why:
+                return why
     return None
+
+
+def is_complete(directory: Path) -> bool:
+    """Manifest present and every file of the checkpoint and its chain matches its checksum."""
+    return incomplete_because(directory) is None
+
+
+def latest_complete(run_dir: str | Path, log=None) -> Path | None:
+    """The newest complete checkpoint directory; ``log(line)`` hears why newer ones were
+    passed over."""
+    for d in sorted(Path(run_dir).glob("ckpt-*"), reverse=True):
+        if not d.is_dir():
+            continue
+        why = incomplete_because(d)
+        if why is None:
+            return d
+        if log is not None:
+            log(f"{d.name} is incomplete ({why})")
+    return None
+
+
+def chain_meta(run_dir: Path, previous: list[str] | None, name: str) -> dict:
+    """The manifest keys of a delta ``name`` whose chain so far is ``previous`` (base first)."""
+    before = load_manifest(Path(run_dir) / previous[-1])
+    files = {str(p.relative_to(Path(run_dir))): c
+             for p, c in all_files(Path(run_dir) / previous[-1], before).items()}
+    return {"kind": "delta", "chain": [*previous, name], "chain_files": files}
+
+
+def _chain_of(directory: Path) -> list[str] | None:
+    """The links a checkpoint needs, itself included (None: no readable manifest)."""
+    try:
+        return load_manifest(directory).get("chain") or [directory.name]
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def prune(current: Path, keep: int) -> list[str]:
+    """Keep checkpoint ``current`` (just written), the ``keep - 1`` newest before it with a
+    readable manifest, and the links their chains need; remove every other ``ckpt-*`` of the
+    run (one newer than ``current`` is from a timeline a resume left behind). The names
+    removed."""
+    import shutil
+
+    dirs = sorted((d for d in current.parent.glob("ckpt-*") if d.is_dir()), reverse=True)
+    chains = [_chain_of(current) or [current.name]]
+    for d in dirs:
+        if len(chains) >= keep:
+            break
+        if d.name < current.name and (chain := _chain_of(d)) is not None:
+            chains.append(chain)
+    needed = {link for chain in chains for link in chain}
+    gone = [d for d in dirs if d.name not in needed]
+    for d in gone:
+        shutil.rmtree(d, ignore_errors=True)
+    return [d.name for d in gone]
 
 
 def load_manifest(directory: Path) -> dict:
     return json.loads((directory / MANIFEST).read_text())
 
 
-class _Member:
-    """One array of an uncompressed .npz, read in row blocks straight from the file."""
-
-    def __init__(self, path: Path, info):
-        import zipfile
-
-        self.path = path
-        with open(path, "rb") as fh:
-            fh.seek(info.header_offset)
-            local = fh.read(30)
-            name_len, extra_len = int.from_bytes(local[26:28], "little"), int.from_bytes(local[28:30], "little")
-            fh.seek(info.header_offset + 30 + name_len + extra_len)
-            version = np.lib.format.read_magic(fh)
-            read = (np.lib.format.read_array_header_1_0 if version == (1, 0)
-                    else np.lib.format.read_array_header_2_0)
-            self.shape, fortran, self.dtype = read(fh)
-            self.offset = fh.tell()
-        if info.compress_type != zipfile.ZIP_STORED or fortran or self.dtype.hasobject:
-            raise ValueError(f"{path}: {info.filename} is not a plain stored array")
-        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
-
-    def rows(self, lo: int, hi: int) -> np.ndarray:
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset + lo * self.row * self.dtype.itemsize)
-            flat = np.fromfile(fh, self.dtype, (hi - lo) * self.row)
-        return flat.reshape((hi - lo, *self.shape[1:]))
-
-    def read_into(self, out: np.ndarray) -> None:
-        """The whole array into ``out`` (C-contiguous, same shape): one sequential read,
-        no copy."""
-        if out.shape != self.shape or out.dtype != self.dtype or not out.flags.c_contiguous:
-            raise ValueError(f"{self.path}: an array of {self.shape} {self.dtype} cannot be read "
-                             f"into {out.shape} {out.dtype}")
-        view = memoryview(out.reshape(-1).view(np.uint8))
-        with open(self.path, "rb") as fh:
-            fh.seek(self.offset)
-            if fh.readinto(view) != len(view):
-                raise ValueError(f"{self.path}: an array ends early")
-
-
-@functools.lru_cache(maxsize=64)
-def _members_of(path: Path, size: int, mtime: int, inode: int, ctime: int
-                ) -> dict[str, _Member]:
-    import zipfile
-
-    with zipfile.ZipFile(path) as z:
-        return {i.filename[:-4]: _Member(path, i) for i in z.infolist() if i.filename.endswith(".npy")}
-
-
-def _members(path: Path) -> dict[str, _Member]:
-    """The arrays of a server file by name (read once per file: a restore asks per table)."""
-    st = Path(path).stat()
-    return _members_of(Path(path), st.st_size, st.st_mtime_ns, st.st_ino, st.st_ctime_ns)
-
-
-class OwnedRows(NamedTuple):
-    keys: np.ndarray
-    rows: np.ndarray | None
-    slots: dict          # optimizer slots by name
-    step: int            # the table's optimizer step
-    meta: dict           # per-row bookkeeping of the row policy (last use), by name
-
-
-def load_owned_rows(directory: Path, table: str, keep, block: int = 1 << 16,
-                    on_keys=None) -> OwnedRows:
-    """Rows of ``table`` from every shard file of the manifest whose key ``keep(keys)`` selects.
-
-    Shards are filtered by the *current* owner, so a checkpoint written by S
-    servers loads on any S' (re-sharding). A server holds only what it keeps:
-    it reads every file's keys, sizes its arrays once, and copies its rows and
-    optimizer slots in blocks of ``block`` rows straight from the files (a file it keeps
-    whole, in one read per array). ``on_keys(keys)`` is called with the kept keys before
-    the arrays are read (a restore starts its key index there, beside the reads).
-    """
-    files = load_manifest(directory)["files"]
-    parts, step = [], 0
-    for path in sorted(directory / f for f in files if f.startswith("server-")):
-        members = _members(path)
-        if f"{table}/keys" not in members:
-            continue
-        k = members[f"{table}/keys"].rows(0, members[f"{table}/keys"].shape[0])
-        picked = np.flatnonzero(keep(k))
-        step = max(step, int(members[f"{table}/step"].rows(0, 1)[0]))
-        parts.append((members, k[picked], picked))
-    if not parts:
-        return OwnedRows(np.zeros(0, np.int64), None, {}, 0, {})
-    names = ["rows"] + sorted(n.split("/", 1)[1] for n in parts[0][0]
-                              if n.startswith((f"{table}/slot_", f"{table}/meta_")))
-    n = sum(len(p[1]) for p in parts)
-    first = parts[0][0]
-    out = {name: np.empty((n, *first[f"{table}/{name}"].shape[1:]), first[f"{table}/{name}"].dtype)
-           for name in names}
-    keys = np.concatenate([p[1] for p in parts])
-    if on_keys is not None:
-        on_keys(keys)
-    at = 0
-    for members, _, picked in parts:
-        whole = len(picked) == members[f"{table}/keys"].shape[0]
-        for name in names:
-            m, dest = members[f"{table}/{name}"], out[name][at:at + len(picked)]
-            if whole:  # this server keeps all of the file's rows (e.g. as many servers)
-                m.read_into(dest)
-                continue
-            for lo in range(0, m.shape[0], block):
-                a, b = np.searchsorted(picked, (lo, lo + block))
-                if b > a:
-                    chunk = m.rows(lo, min(lo + block, m.shape[0]))
-                    dest[a:b] = chunk[picked[a:b] - lo]
-        at += len(picked)
-    def prefixed(prefix):
-        return {name[len(prefix):]: out[name] for name in names if name.startswith(prefix)}
-    return OwnedRows(keys, out["rows"], prefixed("slot_"), step, prefixed("meta_"))
-
-
-def load_clock(directory: Path, table: str, server: int, num_servers: int
-               ) -> tuple[int, int, np.ndarray | None, int]:
-    """(day, tick, admission sketch or None, its total) of ``table`` for server ``server`` of
-    ``num_servers`` (0, 0, None, 0 when the checkpoint has none). Written by as many
-    servers, the sketch is the server's own; else the sum of all of them, which over-counts
-    no key less than its own server did."""
-    manifest = load_manifest(directory)
-    files = sorted(f for f in manifest["files"] if f.startswith("server-"))
-    if manifest.get("servers") == num_servers:
-        files = [f"server-{server}.npz"]
-    day = tick = total = 0
-    sketch = None
-    for f in files:
-        members = _members(directory / f)
-        if f"{table}/clock" in members:
-            d, t = members[f"{table}/clock"].rows(0, 2)
-            day, tick = max(day, int(d)), max(tick, int(t))
-        if f"{table}/sketch" in members:
-            m = members[f"{table}/sketch"]
-            part = m.rows(0, m.shape[0])
-            sketch = part if sketch is None else np.minimum(
-                sketch.astype(np.uint64) + part, np.iinfo(np.uint32).max).astype(np.uint32)
-            total += int(members[f"{table}/sketch_total"].rows(0, 1)[0])
-    return day, tick, sketch, total
-
-
-def collect_manifest(topo, directory: Path, files: dict, meta: dict | None) -> None:
-    """Every rank hands in its files (and worker 0 the position); rank 0 writes the manifest last."""
+def collect_manifest(topo, directory: Path, files: dict, meta: dict | None,
+                     keep: int = 0) -> None:
+    """Every rank hands in its files (worker 0 the position, server 0 the chain); rank 0
+    writes the manifest last, then keeps the newest ``keep`` checkpoints (0: all)."""
     gathered = topo.world.gather((files, meta), root=0)
     if topo.rank == 0:
-        all_files, all_meta = {}, {}
+        files, meta = {}, {}
         for f, m in gathered:
-            all_files.update(f)
-            all_meta.update(m or {})
-        write_manifest(directory, all_files, all_meta)
+            files.update(f)
+            meta.update(m or {})
+        write_manifest(directory, files, meta)
+        if keep:
+            prune(directory, keep)

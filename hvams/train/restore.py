@@ -28,12 +28,15 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+import numpy as np
+
 from ..config import ConfigError, TrainConfig, load_config
 from ..embedding.key_index import KeyIndex
 from ..runtime.precision import wire_dtype
 from ..strategies import strategy_for
 from ..strategies.base import load_matching
 from . import checkpoint as ckpt
+from . import shard_files
 
 
 class SavedRun:
@@ -83,9 +86,10 @@ def init_source(path: str | Path, verify: bool = True) -> Path:
     the manifest) takes the newest with a manifest and leaves the checksums to the run."""
     path = Path(path)
     if (path / ckpt.MANIFEST).exists():
-        if verify and not ckpt.is_complete(path):
+        why = ckpt.incomplete_because(path) if verify else None
+        if why:
             raise ConfigError(f"config key 'init_from': {path} is not a complete checkpoint "
-                              f"(a file is missing or fails its checksum)")
+                              f"({why})")
         return path
     if not verify:
         with_manifest = [d for d in sorted(path.glob("ckpt-*")) if (d / ckpt.MANIFEST).exists()]
@@ -150,7 +154,9 @@ def choose_start(cfg: TrainConfig, run_dir: Path, world) -> Start:
     them (a requeued job), else it continues from ``init_from``, else it warm-starts."""
     start = None
     if world.Get_rank() == 0:
-        resume = ckpt.latest_complete(run_dir) if cfg.resume else None
+        resume = ckpt.latest_complete(
+            run_dir, log=lambda why: print(f"hvams: --resume: {why}", flush=True)
+        ) if cfg.resume else None
         if cfg.resume:
             print(f"hvams: --resume: latest complete checkpoint is {resume.name}" if resume else
                   f"hvams: --resume: no complete checkpoint in {run_dir}; starting fresh",
@@ -163,14 +169,33 @@ def choose_start(cfg: TrainConfig, run_dir: Path, world) -> Start:
     return world.bcast(start, root=0)
 
 
-def restore_tables(directory: Path, shards: dict, routes: dict, me: int, servers: int) -> None:
+def restore_tables(directory: Path, shards: dict, routes: dict, me: int, servers: int) -> bool:
     """Server ``me`` of ``servers``: the rows it owns of each table in checkpoint
-    ``directory``, with their slots, bookkeeping and clocks, into its fresh ``shards``."""
+    ``directory``, with their slots, bookkeeping and clocks, into its fresh ``shards``.
+    Whether the shards now hold exactly what its file ``server-me`` holds, row order
+    included (as many servers wrote it, and kept the same per-row arrays), so that the
+    next checkpoint may be a delta on it."""
     with ThreadPoolExecutor(1) as beside:  # numpy and file reads let go of the GIL
         for table, shard in shards.items():
             # the clock first: rows without bookkeeping of their own count as used now
-            shard.load_clock(*ckpt.load_clock(directory, table, me, servers))
+            shard.load_clock(*shard_files.load_clock(directory, table, me, servers))
             _restore_rows(directory, shard, routes[table], me, servers, beside)
+    if ckpt.load_manifest(directory).get("servers") != servers:
+        return False
+    mine = shard_files.ServerFile(shard_files.chain_paths(directory, f"server-{me}.npz"))
+    return all(_holds_exactly(s, mine, t) for t, s in shards.items())
+
+
+def _holds_exactly(shard, saved, table: str) -> bool:
+    """Whether ``shard`` holds what ``saved`` (a ServerFile) holds of ``table``: the same
+    per-row arrays and dtypes, and the same keys in the same row order."""
+    if not saved.has(table) or set(saved.names(table)) != set(shard.row_array_names()):
+        return False
+    if any(saved.like(table, name).dtype != arr.dtype
+           for name, arr in shard.state(copy=False).items() if name in saved.names(table)):
+        return False
+    return saved.count(table) == len(shard) and np.array_equal(
+        saved.keys(table), shard.state(copy=False)["keys"])
 
 
 def _restore_rows(directory: Path, shard, route, me: int, servers: int, beside) -> None:
@@ -180,7 +205,7 @@ def _restore_rows(directory: Path, shard, route, me: int, servers: int, beside) 
         if not len(shard):
             index.append(beside.submit(KeyIndex.of, keys))
 
-    owned = ckpt.load_owned_rows(directory, shard.table, lambda k: route(k, servers) == me,
+    owned = shard_files.load_owned_rows(directory, shard.table, lambda k: route(k, servers) == me,
                                  on_keys=start_index)
     if len(owned.keys):
         shard.load(owned.keys, owned.rows, owned.slots, owned.step, owned.meta,
@@ -188,18 +213,20 @@ def _restore_rows(directory: Path, shard, route, me: int, servers: int, beside) 
     shard.step = owned.step
 
 
-def restore_server(job, shards: dict, image) -> None:
-    """Apply ``job.start`` to this server's fresh shards and image channel."""
+def restore_server(job, shards: dict, image) -> Path | None:
+    """Apply ``job.start`` to this server's fresh shards and image channel; the checkpoint of
+    this run whose ``server-S.npz`` the shards now equal (a delta may follow it), if any."""
     start, strategy, topo = job.start, job.strategy, job.topo
-    report = {}
+    report, same = {}, False
     if start.state is not None:
-        restore_tables(start.state, shards, {spec.name: spec.route for spec in job.specs},
-                       topo.role_rank, topo.num_servers)
+        same = restore_tables(start.state, shards, {spec.name: spec.route for spec in job.specs},
+                              topo.role_rank, topo.num_servers)
         if image is not None:
             strategy.restore_server(image, start.state, job.rt.device)
     elif start.warm is not None and image is not None:
         report = strategy.warm_server(image, SavedRun(start.warm))
     _warm_report(job, report if topo.role_rank == 0 else {})
+    return start.resume if same and start.resume is not None else None
 
 
 def restore_worker(job, trainer):

@@ -179,7 +179,7 @@ class WorkerTrainer:
                     "servers": self.topo.num_servers, "workers": self.topo.num_workers,
                     "model": self.cfg.model, "config": self.cfg.to_dict(),
                     "schema": json.loads(self.schema.to_json())}
-        ckpt.collect_manifest(self.topo, d, files, meta)
+        ckpt.collect_manifest(self.topo, d, files, meta, keep=self.cfg.keep_checkpoints)
         self.checkpointed_at = pos.step
 
     def end_day(self, pos: Position) -> None:
