@@ -430,3 +430,67 @@ def shard(sizes, ids_per_batch, servers, repeats, batches, dict_max, no_mch, no_
 
         shard_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
         click.echo(f"wrote {chart}")
+
+
+@bench.command("serve")
+@click.option("--export", "export_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The export to serve (hvams export).")
+@click.option("--data", "data_dir", required=True, type=click.Path(exists=True, file_okay=False),
+              help="The world it was trained on: requests are built from its test day.")
+@click.option("--day", default=None, help="Day directory of DATA to build requests from "
+                                          "(default: its last day).")
+@click.option("--rates", default="50,100,200,300,400", show_default=True,
+              help="Request rates to drive, requests/s, comma-separated.")
+@click.option("--seconds", type=click.FloatRange(1), default=10, show_default=True,
+              help="Measured seconds per rate (after a 2 s calibration run).")
+@click.option("--candidates", type=click.IntRange(1), default=100, show_default=True)
+@click.option("--behaviors", type=click.IntRange(0), default=30, show_default=True)
+@click.option("--new-images", default="0,0.1", show_default=True,
+              help="Shares of candidates that bring a new image (comma-separated series).")
+@click.option("--workers", type=click.IntRange(1), default=2, show_default=True,
+              help="Server processes.")
+@click.option("--connections", type=click.IntRange(1), default=16, show_default=True)
+@click.option("--p99-bound-ms", type=click.FloatRange(0, min_open=True), default=50,
+              show_default=True, help="p99 a rate must stay within to count as sustained.")
+@click.option("--out", type=click.Path(file_okay=False), help="Bench directory (JSON, table).")
+@click.option("--chart", type=click.Path(dir_okay=False), help="Write the chart (PNG) here.")
+def serve_bench(export_dir, data_dir, day, rates, seconds, candidates, behaviors, new_images,
+                workers, connections, p99_bound_ms, out, chart):
+    """hvams serve under wrk at fixed request rates: p50/p90/p99 latency and the highest rate
+    sustained, with all images known and with a share of new images embedded on arrival.
+
+    \b
+    Example:
+      hvams bench serve --export models/demo --data data/demo --out runs/bench/serve
+    """
+    from hvams.bench.jobs import save_json
+    from hvams.bench.machine import machine
+    from hvams.bench.serve import format_serve, run_serve_bench
+
+    try:
+        rate_list = [float(x) for x in rates.split(",") if x.strip()]
+        shares = [float(x) for x in new_images.split(",") if x.strip()]
+    except ValueError:
+        raise CliError(f"--rates {rates!r} / --new-images {new_images!r}: comma-separated "
+                       f"numbers") from None
+    if not rate_list or min(rate_list) <= 0 or not shares or not all(0 <= s <= 1 for s in shares):
+        raise CliError("--rates needs positive rates, --new-images shares in [0, 1]")
+    data_dir = Path(data_dir)
+    days = sorted(d for d in data_dir.glob("day=*") if d.is_dir())
+    day_dir = data_dir / day if day else (days[-1] if days else None)
+    if day_dir is None or not day_dir.is_dir():
+        raise CliError(f"--data {data_dir}: no day directory {day or '(day=NN)'} there")
+    out = Path(out or "runs/bench/serve")
+    store = data_dir / "images"
+    result = run_serve_bench(Path(export_dir), day_dir, store if store.is_dir() else None, out,
+                             rate_list, seconds, candidates, behaviors, shares, workers,
+                             connections, p99_bound_ms, log=lambda m: click.echo(m))
+    m = machine()
+    result["machine"] = f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB"
+    save_json(out / "serve.json", result)
+    _finish(out, "serve", format_serve(result))
+    if chart:
+        from hvams.bench.charts import serve_chart
+
+        serve_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")

@@ -9,7 +9,7 @@ from .bench_cmds import bench
 from .common import EXIT_STACK, CliError, Group, choice, options
 from .data_cmds import data
 from .images_cmds import images
-from .serve_cmds import export_cmd, predict_cmd
+from .serve_cmds import export_cmd, predict_cmd, serve_cmd
 from .train_cmd import train
 
 
@@ -88,5 +88,5 @@ def smoke(servers, placement, local_np):
     run_smoke(servers, placement)
 
 
-for command in (train, data, images, export_cmd, predict_cmd, bench):
+for command in (train, data, images, export_cmd, predict_cmd, serve_cmd, bench):
     main.add_command(command)

@@ -28,6 +28,7 @@ command -v mpicc  >/dev/null || need+=(libopenmpi-dev)
 command -v mpirun >/dev/null || need+=(openmpi-bin)
 command -v g++    >/dev/null || need+=(g++)
 command -v cmake  >/dev/null || need+=(cmake)
+command -v wrk    >/dev/null || need+=(wrk)      # the HTTP load generator of `hvams bench serve`
 command -v "$PY"  >/dev/null || need+=(python3.11 python3.11-dev python3.11-venv)
 if [ ${#need[@]} -gt 0 ]; then log "apt-get install ${need[*]}"; apt_install "${need[@]}"; fi
 if ! "$PY" -c 'import venv, ensurepip' 2>/dev/null; then apt_install python3.11-venv; fi

@@ -5,8 +5,8 @@ import sys
 import pytest
 
 COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["images", "ingest"], ["images", "verify"],
-            ["images", "stats"], ["train"], ["export"], ["predict"], ["bench", "comm"],
-            ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"], ["bench", "lifecycle"], ["bench", "shard"],
+            ["images", "stats"], ["train"], ["export"], ["predict"], ["serve"], ["bench", "comm"],
+            ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"], ["bench", "lifecycle"], ["bench", "shard"], ["bench", "serve"],
             ["images", "place"]]
 
 

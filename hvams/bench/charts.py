@@ -123,3 +123,20 @@ def shard_chart(result: dict, path: Path, caption: str) -> Path:
     axes[0].set_yscale("log")
     axes[0].legend(fontsize=7)
     return _save(fig, path, caption)
+
+
+def serve_chart(result: dict, path: Path, caption: str) -> Path:
+    """Latency percentiles against the achieved request rate, per share of new images."""
+    fig, axes = plt.subplots(1, len(result["series"]), figsize=(5.5 * len(result["series"]), 4.2),
+                             squeeze=False)
+    for ax, s in zip(axes[0], result["series"]):
+        rows = s["rows"]
+        for q in ("p50", "p90", "p99"):
+            ax.plot([r["achieved"] for r in rows], [r[f"{q}_ms"] for r in rows], marker="o", label=q)
+        ax.axhline(result["p99_bound_ms"], color="k", ls=":", lw=1, label="p99 bound")
+        ax.set_xlabel("requests/s achieved")
+        ax.set_ylabel("latency (ms)")
+        ax.set_yscale("log")
+        ax.set_title(f"{s['new_images']:.0%} of candidates bring a new image", fontsize=10)
+        ax.legend(fontsize=7)
+    return _save(fig, path, caption)

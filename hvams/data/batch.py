@@ -69,10 +69,11 @@ def cap_lists(batch: Batch, max_len: int) -> Batch:
     return batch
 
 
-def index_keys(batch: Batch, schema: Schema) -> Batch:
-    """Fill ``table_keys``, ``image_keys`` and ``index`` (np.unique per table)."""
+def index_keys(batch: Batch, schema: Schema, fields=None) -> Batch:
+    """Fill ``table_keys``, ``image_keys`` and ``index`` (np.unique per table), over the
+    schema's fields or only ``fields`` (a served request carries the model's fields)."""
     groups: dict[str, list[str]] = {}
-    for f in schema.fields:
+    for f in (schema.fields if fields is None else fields):
         if f.is_id:
             groups.setdefault(f.table, []).append(f.name)
         elif f.is_image:

@@ -9,6 +9,8 @@ process per group of partitions). The export holds
     model_state.pt           the worker model's tensors (rebuilt from manifest["model_config"])
     tables/<table>.npz       ID embedding tables (sorted keys, rows)
     image_embeddings.npz     image key -> 12-d embedding, plus the missing-image row
+    image_model.pt           the image model's tensors, for images that arrive later
+                             (manifest["image_model"]: how to rebuild it and prepare inputs)
 
 ``--since OLD`` writes the same files holding only what changed since export OLD, and
 the keys deleted (``export_tables.py``): a serving host that has OLD loads the day's
@@ -36,6 +38,7 @@ from ..strategies import strategy_for
 from ..train import checkpoint as ckpt
 from ..train import shard_files
 from . import export_tables
+from .image_model import IMAGE_MODEL_FILE, image_model_manifest
 
 
 def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
@@ -153,6 +156,8 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2,
     model = build_model(cfg, schema)
     model.load_state_dict(dense["model"])
     ckpt.save_torch(out, "model_state.pt", model.state_dict())
+    if cfg.uses_images:  # tensors only, as the worker model
+        ckpt.save_torch(out, IMAGE_MODEL_FILE, image_state)
     fields = model_fields(schema, cfg.uses_images)
     single = [f.name for f in fields if not f.is_list]
     lists = [f.name for f in fields if f.is_list]
@@ -162,6 +167,7 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2,
                 "model": cfg.model, "strategy": cfg.strategy, "emb_dim": cfg.emb_dim,
                 "seed": cfg.seed, "init_scale": cfg.init_scale, "single_fields": single,
                 "list_fields": lists, "uses_images": cfg.uses_images, "image_counts": counts,
-                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files, **delta}
+                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files,
+                "image_model": image_model_manifest(cfg) if cfg.uses_images else None, **delta}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -101,11 +101,12 @@ def load_tables(model_dir: str | Path) -> dict[str, dict[str, np.ndarray]]:
     chain = chain_of(model_dir)
     tables = {name: _read(path) for name, path in _files(chain[-1]).items()}
     for model_dir in reversed(chain[:-1]):
-        _apply_export(tables, model_dir)
+        apply_export(tables, model_dir)
     return tables
 
 
-def _apply_export(tables: dict, model_dir: Path) -> None:
+def apply_export(tables: dict, model_dir: Path) -> None:
+    """Apply export ``model_dir`` (a delta) to ``tables`` (its base's, by name), in place."""
     for name, path in _files(model_dir).items():
         delta = _read(path)
         old = tables.get(name)

@@ -1,0 +1,99 @@
+"""Images that arrive with a request, embedded together across concurrent requests.
+
+A request's new images wait at most ``max_wait`` seconds for other requests' (or until
+``max_batch`` are pending), then one call of the exported image model embeds them all, in a
+thread, so the event loop keeps taking requests meanwhile. Each result is kept in the
+model's bounded LRU cache (``ServingModel.remember``) under its key *and* the sha1 of its
+bytes, so the same image is embedded once, and a client sending other bytes under a key
+cannot change what another client's image gets. An image that does not decode gets the
+missing-image row and is reported ``bad``.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+TABLE, EMBEDDED, CACHED, UNKNOWN, BAD = "table", "embedded", "cached", "unknown", "bad"
+
+
+@dataclass
+class _Pending:
+    model: object
+    keys: list[int] = field(default_factory=list)
+    blobs: list[bytes] = field(default_factory=list)
+    futures: list[asyncio.Future] = field(default_factory=list)
+
+
+class NewImages:
+    """The micro-batcher of one serving process."""
+
+    def __init__(self, max_batch: int = 64, max_wait: float = 0.002, on_batch=None,
+                 executor=None):
+        self.max_batch, self.max_wait = max_batch, max_wait
+        self.executor = executor           # where the image model runs (None: the loop's pool)
+        self.on_batch = on_batch           # on_batch(n_images, n_bad): metrics
+        self._pending: _Pending | None = None
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def embed(self, model, images: dict[int, bytes]
+                    ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """For ``images`` (key -> bytes) the table lacks: their embeddings and each key's
+        source (``embedded`` now, ``cached`` from before, or ``bad``)."""
+        out, source, waiting = {}, {}, []
+        for key, data in images.items():
+            entry = (key, hashlib.sha1(data).digest())
+            emb = model.recall(entry)
+            if emb is not None:
+                out[key], source[key] = emb, CACHED
+                continue
+            waiting.append((key, self._submit(model, entry, data)))
+        for key, fut in waiting:
+            emb, ok = await fut
+            out[key], source[key] = emb, EMBEDDED if ok else BAD
+        return out, source
+
+    def _submit(self, model, key: tuple, data: bytes) -> asyncio.Future:
+        loop = asyncio.get_running_loop()
+        if self._pending is not None and self._pending.model is not model:
+            self._flush()   # a reload swapped the model: the old one's batch goes first
+        if self._pending is None:
+            self._pending = _Pending(model)
+            self._timer = loop.call_later(self.max_wait, self._flush)
+        fut = loop.create_future()
+        p = self._pending
+        p.keys.append(key)
+        p.blobs.append(data)
+        p.futures.append(fut)
+        if len(p.keys) >= self.max_batch:
+            self._flush()
+        return fut
+
+    def _flush(self) -> None:
+        p, self._pending = self._pending, None
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if p is None:
+            return
+        asyncio.get_running_loop().create_task(self._run(p))
+
+    async def _run(self, p: _Pending) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            emb, ok, _ = await loop.run_in_executor(
+                self.executor, p.model.images.embed,
+                np.array([k for k, _ in p.keys], np.int64), p.blobs)
+            if self.on_batch:
+                self.on_batch(len(p.keys), int((~ok).sum()))
+            for i, (entry, fut) in enumerate(zip(p.keys, p.futures)):
+                if ok[i]:
+                    p.model.remember(entry, emb[i])
+                if not fut.done():
+                    fut.set_result((emb[i], bool(ok[i])))
+        except Exception as exc:  # the model failed: every waiting request hears it
+            for fut in p.futures:
+                if not fut.done():
+                    fut.set_exception(exc)
