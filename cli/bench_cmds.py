@@ -66,6 +66,25 @@ def _finish(out: Path, name: str, text: str) -> None:
     click.echo(f"\nwrote {out / (name + '.json')} and {out / (name + '.md')}")
 
 
+def _save_result(out: Path, name: str, result: dict, fmt, chart: str | None,
+                 note: str = "") -> None:
+    """A bench's JSON (with the machine), its table, and with ``chart`` its chart
+    (``hvams.bench.charts.<name>_chart``)."""
+    from hvams.bench.jobs import save_json
+    from hvams.bench.machine import machine
+
+    m = machine()
+    result["machine"] = f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB{note}"
+    save_json(out / f"{name}.json", result)
+    _finish(out, name, fmt(result))
+    if chart:
+        from hvams.bench import charts
+
+        getattr(charts, f"{name}_chart")(
+            result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
+        click.echo(f"wrote {chart}")
+
+
 def _paper_preset(bench_name: str, opts: dict) -> None:
     """The paper's batch shape: its world in DATA (synthesised if absent), 3,000 samples per
     worker, vgg16 cut at fc6."""
@@ -407,7 +426,6 @@ def shard(sizes, ids_per_batch, servers, repeats, batches, dict_max, no_mch, no_
       hvams bench shard --out runs/bench/shard --chart docs/img/shard.png
     """
     from hvams.bench.jobs import save_json
-    from hvams.bench.machine import machine
     from hvams.bench.shard import format_shard, run_shard_bench
 
     rows = [_rows(s) for s in sizes]
@@ -421,15 +439,7 @@ def shard(sizes, ids_per_batch, servers, repeats, batches, dict_max, no_mch, no_
                              scratch=Path(scratch) if scratch else None,
                              log=lambda m: click.echo(m),
                              save=lambda r: save_json(out / "shard.json", r))
-    m = machine()
-    result["machine"] = f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB; one process, one thread"
-    save_json(out / "shard.json", result)
-    _finish(out, "shard", format_shard(result))
-    if chart:
-        from hvams.bench.charts import shard_chart
-
-        shard_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
-        click.echo(f"wrote {chart}")
+    _save_result(out, "shard", result, format_shard, chart, "; one process, one thread")
 
 
 @bench.command("serve")
@@ -463,8 +473,6 @@ def serve_bench(export_dir, data_dir, day, rates, seconds, candidates, behaviors
     Example:
       hvams bench serve --export models/demo --data data/demo --out runs/bench/serve
     """
-    from hvams.bench.jobs import save_json
-    from hvams.bench.machine import machine
     from hvams.bench.serve import format_serve, run_serve_bench
 
     try:
@@ -485,12 +493,4 @@ def serve_bench(export_dir, data_dir, day, rates, seconds, candidates, behaviors
     result = run_serve_bench(Path(export_dir), day_dir, store if store.is_dir() else None, out,
                              rate_list, seconds, candidates, behaviors, shares, workers,
                              connections, p99_bound_ms, log=lambda m: click.echo(m))
-    m = machine()
-    result["machine"] = f"{m['cores']} cores ({m['cpu']}), {m['memory_gb']} GB"
-    save_json(out / "serve.json", result)
-    _finish(out, "serve", format_serve(result))
-    if chart:
-        from hvams.bench.charts import serve_chart
-
-        serve_chart(result, Path(chart), f"{result['machine']}; `hvams " + " ".join(sys.argv[1:]) + "`")
-        click.echo(f"wrote {chart}")
+    _save_result(out, "serve", result, format_serve, chart)
