@@ -10,7 +10,6 @@ import json
 import os
 import random
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -25,6 +24,7 @@ import pytest
 
 from hvams.data.schema import Schema
 from hvams.models.inputs import model_fields
+from hvams.bench.serve import free_port
 from hvams.serve.export import export_run
 from hvams.serve.predict import predict
 from hvams.store.lmdb_store import ImageStore
@@ -55,12 +55,6 @@ def day(tiny_world):
     return t.to_pylist()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Served:
     """A ``hvams serve`` process on a free local port (another port if that one is taken
     before the server binds it), its output in a log file."""
@@ -75,7 +69,7 @@ class Served:
             path.write_text(token + "\n")
             argv += ["--admin-token-file", str(path)]
         for _ in range(3):
-            self.port = _free_port()
+            self.port = free_port()
             self.log = Path(tempfile.mkstemp(prefix="hvams-serve-", suffix=".log")[1])
             with open(self.log, "w") as out:
                 self.proc = subprocess.Popen([*argv, "--port", str(self.port)], cwd=ROOT,

@@ -64,7 +64,8 @@ end
 """
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A local TCP port free now (the caller binds it soon after)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -131,7 +132,7 @@ class Server:
     """``hvams serve`` as a subprocess on a free port, until ``stop``."""
 
     def __init__(self, export: Path, workers: int, log: Path, extra=()):
-        self.port = _free_port()
+        self.port = free_port()
         self.log = log
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cli", "serve", str(export), "--port", str(self.port),

@@ -9,7 +9,6 @@ again. Scoring builds the same ``Batch`` -> rows -> ``Inputs`` -> model path as
 """
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict
 from pathlib import Path
 
@@ -18,18 +17,11 @@ import torch
 
 from ..data.schema import IMAGE_CHANNEL, Schema
 from ..models.inputs import build_inputs, model_fields
+from ..train.checkpoint import sha256
 from . import export_tables
 from .export_tables import ExportError
 from .image_model import ExportedImageModel
 from .predict import Lookup, load_model
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(8 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def verify_files(d: Path) -> dict:
@@ -39,7 +31,7 @@ def verify_files(d: Path) -> dict:
         path = d / name
         if not path.is_file():
             raise ExportError(f"{d}: {name} is missing")
-        if _sha256(path) != digest:
+        if sha256(path) != digest:
             raise ExportError(f"{d}: {name} fails its sha256 (the export is damaged)")
     return manifest
 

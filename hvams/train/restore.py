@@ -189,13 +189,13 @@ def restore_tables(directory: Path, shards: dict, routes: dict, me: int, servers
 def _holds_exactly(shard, saved, table: str) -> bool:
     """Whether ``shard`` holds what ``saved`` (a ServerFile) holds of ``table``: the same
     per-row arrays and dtypes, and the same keys in the same row order."""
-    if not saved.has(table) or set(saved.names(table)) != set(shard.row_array_names()):
+    names = saved.names(table) if saved.has(table) else []
+    if set(names) != set(shard.row_array_names()):
         return False
-    if any(saved.like(table, name).dtype != arr.dtype
-           for name, arr in shard.state(copy=False).items() if name in saved.names(table)):
+    state = shard.state(copy=False)
+    if any(saved.like(table, name).dtype != state[name].dtype for name in names):
         return False
-    return saved.count(table) == len(shard) and np.array_equal(
-        saved.keys(table), shard.state(copy=False)["keys"])
+    return saved.count(table) == len(shard) and np.array_equal(saved.keys(table), state["keys"])
 
 
 def _restore_rows(directory: Path, shard, route, me: int, servers: int, beside) -> None:

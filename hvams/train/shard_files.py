@@ -99,6 +99,7 @@ class ServerFile:
         self.base = members(paths[0])
         self.deltas = [members(p) for p in paths[1:]]
         self._plans: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._positions: dict[tuple[int, str], np.ndarray] = {}
         if any(n.endswith("/positions") for n in self.base):
             raise ValueError(f"{paths[0]}: is a delta, but its chain reads it as the full base")
 
@@ -116,6 +117,12 @@ class ServerFile:
 
     def has(self, table: str) -> bool:
         return f"{table}/keys" in self.base
+
+    def _places(self, j: int, table: str) -> np.ndarray:
+        """The row places delta ``j`` wrote in ``table`` (read once, for every array)."""
+        if (j, table) not in self._positions:
+            self._positions[j, table] = self._link(j, table, "positions").rows()
+        return self._positions[j, table]
 
     def count(self, table: str) -> int:
         if self.deltas:
@@ -141,7 +148,7 @@ class ServerFile:
         n, n0 = self.count(table), self.base[f"{table}/keys"].shape[0]
         src, at = np.zeros(n, np.int32), np.arange(n, dtype=np.int64)
         for j in range(1, len(self.deltas) + 1):
-            pos = self._link(j, table, "positions").rows()
+            pos = self._places(j, table)
             live = pos < n
             src[pos[live]], at[pos[live]] = j, np.flatnonzero(live)
         if (at[src == 0] >= n0).any():
@@ -164,7 +171,7 @@ class ServerFile:
             base.read_into(out[:n0])
             past = np.zeros(n - n0, bool)   # places past the base: each must come from a link
             for j in range(1, len(self.deltas) + 1):
-                pos = self._link(j, table, "positions").rows()
+                pos = self._places(j, table)
                 values = self._link(j, table, name).rows()
                 live = pos < n
                 out[pos[live]] = values[live]
