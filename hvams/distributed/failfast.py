@@ -9,7 +9,12 @@
   this is the bound for launchers that do not (srun, some schedulers).
 * Stacks: before this rank aborts, and when the launcher terminates it because
   another rank aborted (SIGTERM), faulthandler writes every thread's Python
-  stack to stderr, so a hang in the field can be read from the log.
+  stack to stderr, so a hang in the field can be read from the log. The
+  SIGTERM dump is armed once the first step's exchange completes, not at start-up: a rank
+  stopped at start-up is almost always stopped for another rank's user error
+  (whose output must stay one clear line), its stacks say nothing, and a dump
+  in signal context while the main thread is importing (torch imports lazily)
+  can crash in CPython's frame walk and print a C backtrace.
 * ``HVAMS_FAULT``: test-only fault injection (``rank:R:step:N:kind``, kind =
   ``raise``, ``kill`` or ``hang``), so tests can fail a rank at an exact step.
 """
@@ -66,6 +71,9 @@ def install_abort_hook(describe) -> None:
         _abort(1)
 
     sys.excepthook = hook
+
+
+def _dump_stacks_on_sigterm() -> None:
     # mpirun/srun terminate the other ranks of an aborted job: let each say where it was.
     faulthandler.register(signal.SIGTERM, file=sys.stderr, all_threads=True, chain=True)
 
@@ -77,6 +85,7 @@ class Watchdog:
         self.describe, self.timeout = describe, timeout
         self.last = time.monotonic()
         self.where = "start-up"
+        self._armed = False
         self._stop = threading.Event()
         self._thread = None
         if timeout and timeout > 0:
@@ -86,6 +95,13 @@ class Watchdog:
     def beat(self, where: str) -> None:
         self.last = time.monotonic()
         self.where = where
+
+    def running(self, where: str) -> None:
+        """A beat after an exchange every rank took part in: the job is past start-up."""
+        self.beat(where)
+        if not self._armed:  # from here on a SIGTERM dumps this rank's stacks
+            self._armed = True
+            _dump_stacks_on_sigterm()
 
     def _run(self) -> None:
         while not self._stop.wait(min(1.0, self.timeout / 4)):

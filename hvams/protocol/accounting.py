@@ -18,6 +18,11 @@ class ByteCounter:
         if self.watchdog is not None:
             self.watchdog.beat(where)
 
+    def running(self, where: str) -> None:
+        """A beat after an exchange that every peer completed (start-up is over)."""
+        if self.watchdog is not None:
+            self.watchdog.running(where)
+
     def add(self, category: str, nbytes: int) -> None:
         self.bytes[category] += int(nbytes)
 
