@@ -87,6 +87,9 @@ def _option(f):
     help_text = k.help
     if k.on and k.off:
         return click.option(f"{k.on}/{k.off}", f.name, default=None, help=help_text)
+    if k.on and k.on_values:  # ``--resume`` alone, or ``--resume auto``
+        return click.option(k.on, f.name, is_flag=False, flag_value="true", default=None,
+                            type=click.Choice(["true", *k.on_values]), help=help_text)
     if k.on:
         return click.option(k.on, f.name, is_flag=True, default=None, help=help_text)
     if k.off:

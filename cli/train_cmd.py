@@ -31,6 +31,10 @@ def train(config_path, local_np, launch, **flags):
     from hvams.train.preflight import preflight
 
     cfg = load_config(config_path, flags)
+    from hvams.distributed.preemption import REQUEUE_EXIT, STOP, Forwarder
+
+    if not (local_np or launch):
+        STOP.install(cfg.checkpoint_signals)  # a rank: before torch's import, which is slow
     preflight(cfg)
     if local_np or launch:
         import shlex
@@ -44,9 +48,13 @@ def train(config_path, local_np, launch, **flags):
         cfg.save(resolved)
         argv = [sys.executable, "-m", "cli", "train", "--config", resolved]
         roles = os.path.join(cfg.out, "topology.json")
-        code = (run_local(local_np, argv, roles) if local_np else
-                run_launched(shlex.split(launch) + argv, roles))
-        raise SystemExit(1 if code else 0)
+
+        def started(proc):  # the ranks have their handlers once the topology is written
+            return Forwarder(proc, cfg.checkpoint_signals, lambda: os.path.exists(roles))
+
+        code = (run_local(local_np, argv, roles, started) if local_np else
+                run_launched(shlex.split(launch) + argv, roles, started))
+        raise SystemExit(code if code in (0, REQUEUE_EXIT) else 1)
     from hvams.train.run import run_training
 
     run_training(cfg)

@@ -33,6 +33,7 @@ Device = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp64"]
 Eviction = Literal["lru", "lfu"]
 CheckpointMode = Literal["full", "delta"]
+CheckpointSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
 
 IMAGE_MODELS = ("dicm", "din+img")
 
@@ -62,6 +63,14 @@ def _flag(value):
 Flag = Annotated[bool, pydantic.BeforeValidator(_flag)]
 
 
+def _resume(value):
+    return True if isinstance(value, str) and value.strip().lower() == "auto" else _flag(value)
+
+
+# ``resume``: a Flag that also reads "auto" (its meaning: a checkpoint if there is one).
+ResumeFlag = Annotated[bool, pydantic.BeforeValidator(_resume)]
+
+
 @dataclass(frozen=True)
 class Key:
     """A config key's metadata: its help text and how ``hvams train`` spells it.
@@ -77,6 +86,7 @@ class Key:
     on: str | None = None
     off: str | None = None
     path: str | None = None
+    on_values: tuple[str, ...] = ()   # ``on`` may also be given one of these words
 
 
 def key(default=MISSING, help: str = "", *, factory=MISSING, **how):
@@ -176,8 +186,14 @@ class TrainConfig:
                                       "checkpoint is a full base again.")
     keep_checkpoints: int = key(0, "Keep the newest K checkpoints (and the bases their deltas "
                                    "need); older ones are removed (0: keep all).")
-    resume: Flag = key(False, "Continue from the newest complete checkpoint in out.",
-                       on="--resume")
+    resume: ResumeFlag = key(
+        False, "Continue from the newest complete checkpoint in out, or start fresh when it "
+               "has none (--resume auto says the same): one command line for the first "
+               "submission and every requeue.", on="--resume", on_values=("auto",))
+    checkpoint_signals: list[CheckpointSignal] = key(
+        help="Signals on which every rank checkpoints at the next step boundary and exits "
+             "with code 42 (requeue me); [] : none.",
+        factory=lambda: ["SIGUSR1", "SIGTERM"], flag=False)
     progress: Flag = key(True, "Progress bar / log lines on the first server.",
                          off="--no-progress")
     log_every: int = key(50, "Steps between progress lines and TensorBoard points.")

@@ -162,3 +162,21 @@ def final_checkpoint(run):
         with np.load(f) as z:
             arrays.update({f"{f.name}:{k}": z[k] for k in z.files})
     return d, dense, arrays
+
+
+def same_model(a, b):
+    """The newest complete checkpoints of runs ``a`` and ``b`` hold the same state, bit for
+    bit, and their final test metrics are equal."""
+    import numpy as np
+    import torch
+
+    (na, da, aa), (nb, db, ab) = final_checkpoint(a), final_checkpoint(b)
+    assert na.name == nb.name
+    for k in da["model"]:
+        assert torch.equal(da["model"][k], db["model"][k]), k
+    assert da["position"] == db["position"]
+    assert aa.keys() == ab.keys()
+    for k in aa:
+        assert np.array_equal(aa[k], ab[k]), k
+    ma, mb = metrics_of(a)[-1], metrics_of(b)[-1]
+    assert (ma["auc"], ma["logloss"], ma["step"]) == (mb["auc"], mb["logloss"], mb["step"])

@@ -9,10 +9,10 @@ from mpi_harness import run_job, run_train, train_argv
 STEP = random.Random(7).randint(2, 9)  # "a random step", fixed per run of the suite
 
 
-def _local_train(world, out, fault, **keys):
+def _local_train(world, out, fault, *extra, **keys):
     t0 = time.monotonic()
-    res = run_train(4, world, out, local=True, timeout=120, env={"HVAMS_FAULT": fault}, servers=2,
-                    model="idonly", batch_size=32, **keys)
+    res = run_train(4, world, out, *extra, local=True, timeout=120, env={"HVAMS_FAULT": fault},
+                    servers=2, model="idonly", batch_size=32, **keys)
     return res, time.monotonic() - t0
 
 
@@ -32,8 +32,11 @@ def test_exception_on_a_rank_ends_the_job(tiny_world, tmp_path):
 
 
 def test_watchdog_bounds_a_hang(tiny_world, tmp_path):
+    # SIGTERM not a checkpoint signal: the ranks the launcher terminates dump their stacks
+    conf = tmp_path / "run.yaml"
+    conf.write_text("checkpoint_signals: [SIGUSR1]\n")
     res, elapsed = _local_train(tiny_world, tmp_path / "run", f"rank:0:step:{STEP}:hang",
-                                step_timeout=5)
+                                "--config", conf, step_timeout=5)
     assert not res.timed_out and res.returncode != 0, res.output[-3000:]
     assert elapsed < 30, f"took {elapsed:.1f} s"
     assert "made no progress for" in res.output and "aborting the job" in res.output

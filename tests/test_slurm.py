@@ -59,3 +59,60 @@ def test_sbatch_trains_tiny(slurm, tiny_world, tmp_path, launcher):
                              capture_output=True, text=True, timeout=600)
         assert res.returncode == 0, (tmp_path / "exp.out").read_text()[-3000:]
         assert (out / "export" / "scores.parquet").exists()
+
+
+def _job_field(env, job, name):
+    out = subprocess.run(["scontrol", "show", "job", str(job)], env=env, capture_output=True,
+                         text=True, timeout=30).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith(name + "=")), None)
+
+
+def _wait_for(what, timeout, poll=0.5):
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = what()
+        if got:
+            return got
+        time.sleep(poll)
+    return None
+
+
+def test_signalled_job_checkpoints_requeues_resumes_and_equals_straight(slurm, tiny_world,
+                                                                         tmp_path):
+    """The batch shell gets SIGUSR1 (as --signal=B:USR1@180 sends it before the time limit;
+    here scancel sends it at a step the test holds the job at): the ranks checkpoint and
+    exit 42, the script requeues the job, its next run resumes and finishes, and the model
+    equals an uninterrupted run's, bit for bit."""
+    from mpi_harness import run_train, same_model
+
+    env, _ = slurm
+    keys = dict(servers=2, model="din", batch_size=40, placement="spread")
+    straight = tmp_path / "straight"
+    res = run_train(4, tiny_world, straight, timeout=240, **keys)
+    assert res.returncode == 0, res.output[-3000:]
+    out, log = tmp_path / "run", tmp_path / "job.out"
+    env = dict(env, HVAMS_DATA=str(tiny_world), HVAMS_OUT=str(out), HVAMS_MODEL="din",
+               HVAMS_EXTRA="--batch-size 40 --servers 2", HVAMS_FAULT="rank:2:step:20:pause")
+    job = subprocess.run(["sbatch", "--parsable", "-o", str(log),
+                          str(ROOT / "cluster/slurm/train.sbatch")], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=60).stdout.strip()
+    text = lambda: log.read_text() if log.exists() else ""  # noqa: E731
+    assert _wait_for(lambda: "paused at step 20" in text(), 180), text()[-3000:]
+    subprocess.run(["scancel", "--signal=USR1", "--batch", job], env=env, check=True, timeout=30)
+    # back in the queue; Slurm holds a requeued job (BeginTime) for about 2 min: not here
+    assert _wait_for(lambda: _job_field(env, job, "Restarts") == "1" and
+                     _job_field(env, job, "JobState") == "PENDING", 120), text()[-3000:]
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, timeout=30)
+    state = _wait_for(lambda: (s := _job_field(env, job, "JobState")) not in
+                      ("PENDING", "RUNNING", "REQUEUED", "COMPLETING") and s, 300)
+    output = text()
+    assert state == "COMPLETED" and _job_field(env, job, "ExitCode") == "0:0", output[-4000:]
+    assert "every rank stops after 21 steps" in output
+    assert f"job {job} checkpointed on a signal: requeued" in output
+    assert "(restart 1)" in output and "latest complete checkpoint is ckpt-00000021" in output
+    runs = [ln for ln in output.splitlines() if ln.startswith("run: din")]
+    assert len(runs) == 2 and "21 steps, 1680 samples" in runs[0] and \
+        "29 steps, 2320 samples" in runs[1], runs
+    same_model(out, straight)

@@ -16,7 +16,9 @@
   in signal context while the main thread is importing (torch imports lazily)
   can crash in CPython's frame walk and print a C backtrace.
 * ``HVAMS_FAULT``: test-only fault injection (``rank:R:step:N:kind``, kind =
-  ``raise``, ``kill`` or ``hang``), so tests can fail a rank at an exact step.
+  ``raise``, ``kill``, ``hang`` or ``pause``), so tests can fail a rank at an exact
+  step; ``pause`` holds the job at that step until this rank gets a checkpoint
+  signal (at most 120 s), so a test can signal it mid-run at a known step.
 """
 from __future__ import annotations
 
@@ -81,11 +83,11 @@ def _dump_stacks_on_sigterm() -> None:
 class Watchdog:
     """Aborts the job when this rank makes no progress for ``timeout`` seconds."""
 
-    def __init__(self, describe, timeout: float):
+    def __init__(self, describe, timeout: float, dump_on_sigterm: bool = True):
         self.describe, self.timeout = describe, timeout
         self.last = time.monotonic()
         self.where = "start-up"
-        self._armed = False
+        self._armed = not dump_on_sigterm  # SIGTERM may be a checkpoint signal instead
         self._stop = threading.Event()
         self._thread = None
         if timeout and timeout > 0:
@@ -120,18 +122,29 @@ def maybe_inject_fault(rank: int, step: int, where: str = "step") -> None:
     """Fail this rank at ``step`` if ``HVAMS_FAULT`` says so (tests only).
 
     ``rank:R:step:N:kind`` fires at the start of training step N;
-    ``rank:R:ckpt:N:kind`` fires halfway through writing checkpoint N.
+    ``rank:R:ckpt:N:kind`` fires halfway through writing checkpoint N;
+    ``rank:R:eval:N:kind`` at the start of the evaluation at step N.
     """
     spec = os.environ.get("HVAMS_FAULT")
     if not spec:
         return
     parts = spec.split(":")
-    if len(parts) != 5 or parts[0] != "rank" or parts[2] not in ("step", "ckpt"):
-        raise ValueError(f"HVAMS_FAULT must look like rank:R:step|ckpt:N:raise|kill|hang, not {spec!r}")
+    if len(parts) != 5 or parts[0] != "rank" or parts[2] not in ("step", "ckpt", "eval"):
+        raise ValueError(f"HVAMS_FAULT must look like rank:R:step|ckpt|eval:N:raise|kill|hang|pause, "
+                         f"not {spec!r}")
     if int(parts[1]) != rank or parts[2] != where or int(parts[3]) != step:
         return
     if parts[4] == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
     if parts[4] == "hang":
         time.sleep(10 ** 6)
+    if parts[4] == "pause":
+        from .preemption import STOP
+
+        print(f"hvams: test fault: rank {rank} (pid {os.getpid()}) paused at {where} {step} "
+              "until a checkpoint signal", flush=True)
+        end = time.monotonic() + 120
+        while not STOP.signum and time.monotonic() < end:
+            time.sleep(0.02)
+        return
     raise RuntimeError(f"injected fault at step {step} (HVAMS_FAULT)")

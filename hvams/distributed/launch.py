@@ -74,24 +74,32 @@ def explain_failure(output: str, roles: dict | None) -> str | None:
     return f"hvams: rank {rank} ({role}) on {node} died: signal {sig} {name}".rstrip()
 
 
-def run_local(np_: int, argv: list[str], roles_file: str | None = None) -> int:
+def run_local(np_: int, argv: list[str], roles_file: str | None = None, started=None) -> int:
     """Run ``argv`` under a local mpirun, streaming its output; explain a dead rank."""
-    return run_launched(mpirun_command(np_, argv, env=local_env()), roles_file)
+    return run_launched(mpirun_command(np_, argv, env=local_env()), roles_file, started)
 
 
-def run_launched(cmd: list[str], roles_file: str | None = None) -> int:
+def run_launched(cmd: list[str], roles_file: str | None = None, started=None) -> int:
     """Run a launcher command line (mpirun and its argv), streaming its output; when a
-    rank died, one line naming the rank, its role (from ``roles_file``) and its host."""
+    rank died, one line naming the rank, its role (from ``roles_file``) and its host.
+    ``started(proc)`` is called once the launcher runs; what it returns (signal forwarding),
+    if anything, is polled after every line of output."""
     import json
     import subprocess
     from collections import deque
 
+    if roles_file and os.path.exists(roles_file):
+        os.remove(roles_file)  # an earlier run's: this run's rank 0 writes it once all started
+
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
+    hook = started(proc) if started is not None else None
     tail: deque = deque(maxlen=400)
     for line in proc.stdout:
         sys.stdout.write(line)
         tail.append(line)
+        if hook is not None:
+            hook.poll()
     code = proc.wait()
     if code != 0:
         roles = None

@@ -4,7 +4,9 @@ from __future__ import annotations
 import numpy as np
 from mpi4py import MPI
 
+from ..distributed.preemption import STOP
 from .accounting import ByteCounter
+from .messages import STOP_COLUMN
 from .waiting import WaitPolicy
 
 _MPI_TYPES = {np.dtype(np.int64): MPI.INT64_T, np.dtype(np.float32): MPI.FLOAT,
@@ -32,11 +34,14 @@ class Exchange:
 
     def headers(self, rows: np.ndarray) -> np.ndarray:
         """Alltoall of one int64 header row per destination: (size, H) -> (size, H)."""
-        rows = np.ascontiguousarray(rows, np.int64)
+        rows = np.array(rows, np.int64)
+        rows[:, STOP_COLUMN] = STOP.signum  # every rank learns every rank's checkpoint signal
         out = np.empty_like(rows)
         self.counter.beat("the step header exchange")
         self.wait.wait(self.comm.Ialltoall(rows, out))
-        self.counter.running(f"step {int(out[:, 1].max())}")
+        step = int(out[:, 1].max())
+        self.counter.running(f"step {step}")
+        STOP.observe(out[:, STOP_COLUMN], step)
         self.counter.add("control", rows.nbytes - rows[self.rank].nbytes)
         return out
 

@@ -2,10 +2,11 @@
 
 One int64 row per (source, destination)::
 
-    [phase, step, n_samples, key counts of channel 0 .. C-1]
+    [phase, step, n_samples, stop signal, key counts of channel 0 .. C-1]
 
 ``n_samples`` is the source worker's batch size (0 for servers and for
-workers whose share is exhausted); the counts say how many keys of each
+workers whose share is exhausted); the stop signal is the checkpoint signal the source got (0: none,
+``distributed.preemption``), the same in every row it sends; the counts say how many keys of each
 channel the source sends to that destination. Every receiver therefore knows
 the global batch size and the exact buffer sizes before any payload moves.
 """
@@ -13,7 +14,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
-HEADER_FIXED = 3
+HEADER_FIXED = 4
+STOP_COLUMN = 3
 
 
 class Phase(IntEnum):

@@ -42,6 +42,7 @@ class ServerLoop:
         self.lr_scale_fn = lr_scale_fn
         self.on_checkpoint, self.on_step, self.on_day_end = on_checkpoint, on_step, on_day_end
         self.workers = np.array(topo.worker_ranks)
+        self.stopped_early = False
         self.stats = {"steps": 0, "eval_steps": 0, "samples": 0, "serve_s": 0.0, "update_s": 0.0,
                       "requested": {ch.spec.name: 0 for ch in channels},
                       "unique": {ch.spec.name: 0 for ch in channels}}
@@ -60,6 +61,7 @@ class ServerLoop:
                                f"phases {wh[:, 0].tolist()}, steps {wh[:, 1].tolist()}")
         maybe_inject_fault(self.topo.rank, step)
         if phase == Phase.STOP:
+            self.stopped_early = bool(wh[:, 2].any())  # on a checkpoint signal (preemption)
             return False
         if phase == Phase.CHECKPOINT:
             self.on_checkpoint(step)

@@ -96,7 +96,8 @@ class ServerRun:
         if self.progress:
             self.progress.close()
         out = {"server": self.loop.stats, "rows": {t: len(s) for t, s in self.shards.items()},
-               "row_counts": {t: s.live_counts() for t, s in self.shards.items()}}
+               "row_counts": {t: s.live_counts() for t, s in self.shards.items()},
+               "stopped_early": self.loop.stopped_early}
         if self.image is not None:
             out["images"] = self.image.stats()
             if self.image.trained_model is not None:

@@ -19,6 +19,7 @@ import torch
 from ..config import NODE_FIELD, TrainConfig
 from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
+from ..distributed.preemption import REQUEUE_EXIT, STOP
 from ..distributed.reports import write_report
 from ..distributed.topology import build_topology, finish
 from ..protocol import timing
@@ -65,9 +66,11 @@ def _require_shared_run_dir(topo, run_dir: Path) -> None:
 
 def run_training(cfg: TrainConfig) -> dict | None:
     """Run the job on this rank; world rank 0 returns the run summary."""
+    STOP.install(cfg.checkpoint_signals)
     topo = build_topology(cfg.servers, cfg.placement)
     install_abort_hook(topo.describe)
-    watchdog = Watchdog(topo.describe, cfg.step_timeout)
+    watchdog = Watchdog(topo.describe, cfg.step_timeout,
+                        dump_on_sigterm="SIGTERM" not in cfg.checkpoint_signals)
     schema = Schema.load(cfg.data)
     train_days, test_day = resolve_days(cfg)
     # the resolved split is saved, so config.yaml says which days trained and tested
@@ -112,10 +115,20 @@ def run_training(cfg: TrainConfig) -> dict | None:
     summary = None
     if topo.rank == 0:
         summary = summarize(gathered, cfg, topo, elapsed)
+        if result["stopped_early"]:
+            summary["stopped_early"] = {"signals": STOP.names, "ranks": STOP.ranks,
+                                        "step": summary.get("final_step")}
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=1))
         print(format_bytes_table(summary), flush=True)
     write_report("train", topo.rank, {"role": topo.role, **{k: v for k, v in result.items()
                                                            if k not in ("losses", "step_s")}})
     watchdog.stop()
     finish(topo)
+    if result["stopped_early"]:  # every rank: the servers heard it in the workers' STOP
+        if topo.rank == 0:
+            print(f"hvams: stopped early on {STOP.describe()}, checkpoint written; exit code "
+                  f"{REQUEUE_EXIT}: run again with --resume to continue", flush=True)
+        raise SystemExit(REQUEUE_EXIT)
+    if STOP.agreed and topo.rank == 0:
+        print(f"hvams: {STOP.describe()} came as the run was ending: it finished", flush=True)
     return summary

@@ -22,10 +22,11 @@ class StepClient:
         self.S = topo.num_servers
         self._pending = None
 
-    def command(self, phase: Phase, step: int) -> None:
-        """A step without payload (checkpoint, stop)."""
+    def command(self, phase: Phase, step: int, arg: int = 0) -> None:
+        """A step without payload (checkpoint, day end, stop); ``arg`` in the samples column
+        (STOP: 1 when the run stopped early on a checkpoint signal)."""
         hdr = np.zeros((self.topo.size, self.width), np.int64)
-        hdr[:, 0], hdr[:, 1] = int(phase), step
+        hdr[:, 0], hdr[:, 1], hdr[:, 2] = int(phase), step, arg
         self.ex.headers(hdr)
 
     def pull(self, phase: Phase, step: int, n: int, keys: list[np.ndarray]

@@ -1,10 +1,13 @@
 """A worker rank's run: the plain training loop over the days left, in DLRM's spirit."""
 from __future__ import annotations
 
+from ..distributed.preemption import STOP
 from ..protocol.timing import stage
 from ..train.restore import restore_worker
 from .position import Position, days_left
 from .trainer import WorkerTrainer
+
+DONE, OUT_OF_STEPS, STOPPED = "done", "out of steps", "stopped"
 
 
 def run_worker(job) -> dict:
@@ -12,24 +15,34 @@ def run_worker(job) -> dict:
     trainer = WorkerTrainer(job)
     with stage("restore"):
         pos = restore_worker(job, trainer)
+    ended = DONE
     for epoch in range(pos.epoch, job.cfg.epochs):
-        if not train_epoch(trainer, pos, len(job.train_days)):
-            trainer.evaluate(pos, epoch)  # out of steps (max_steps): evaluate where it stopped
+        ended = train_epoch(trainer, pos, len(job.train_days))
+        if ended == STOPPED:   # no evaluation: the scheduler's grace time is short
+            break
+        if ended == OUT_OF_STEPS:
+            trainer.evaluate(pos, epoch)  # evaluate where it stopped
             break
         pos.next_epoch()
         trainer.evaluate(pos, epoch)
+        if STOP.agreed and epoch + 1 < job.cfg.epochs:  # the signal came in the last day or
+            ended = trainer.stop_here(pos)              # the evaluation: stop at the epoch
+            break
     trainer.final_checkpoint(pos)
-    return trainer.finish(pos)
+    return trainer.finish(pos, stopped=ended == STOPPED)
 
 
-def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> bool:
-    """Train the days left of ``pos``'s epoch; False when the run runs out of steps in it."""
+def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> str:
+    """Train the days left of ``pos``'s epoch: DONE, OUT_OF_STEPS (``max_steps``), or
+    STOPPED (a checkpoint signal came back in a step header: stop after that step)."""
     for _ in days_left(pos, num_days):
         for batch in trainer.batches(pos):
             if not trainer.train_step(batch, pos):  # pull, forward, backward, push, allreduce
                 break                                # no worker has data left: the day is over
             trainer.after_step(pos)
+            if STOP.agreed:  # every rank saw the same header: every worker stops here
+                return trainer.stop_here(pos)
         if trainer.out_of_steps(pos):
-            return False
+            return OUT_OF_STEPS
         trainer.end_day(pos)
-    return True
+    return DONE

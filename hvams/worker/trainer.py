@@ -19,6 +19,7 @@ from ..data.batch import Batch
 from ..data.reader import DayReader, reader_totals
 from ..data.schema import IMAGE_CHANNEL
 from ..distributed.failfast import maybe_inject_fault
+from ..distributed.preemption import REQUEUE_EXIT, STOP
 from ..metrics import Scores, evaluate_parts
 from ..models import build_model
 from ..models.inputs import build_inputs, labels_of
@@ -187,6 +188,14 @@ class WorkerTrainer:
         self.client.command(Phase.DAY_END, pos.step)
         self.days.end_day(pos.step, day=self.job.train_days[pos.day].name)
 
+    def stop_here(self, pos: Position) -> str:
+        """The job agreed to stop on a checkpoint signal: say so once (first worker)."""
+        if self.topo.role_rank == 0:
+            print(f"hvams: {STOP.describe()} (in the header of step {STOP.agreed_step}): "
+                  f"every rank stops after {pos.step} steps, checkpoints them and exits "
+                  f"{REQUEUE_EXIT}", flush=True)
+        return "stopped"
+
     def final_checkpoint(self, pos: Position) -> None:
         if self.checkpointed_at != pos.step:
             self.checkpoint(pos)
@@ -208,6 +217,7 @@ class WorkerTrainer:
                            self.topo.num_workers, self.cfg.prefetch, self.cfg.on_bad_row)
         it = iter(reader)
         scores = Scores(self.schema)
+        maybe_inject_fault(self.topo.rank, step, "eval")
         while True:
             batch = next(it, None)
             n = batch.n if batch is not None else 0
@@ -227,16 +237,17 @@ class WorkerTrainer:
             return None
         return evaluate_parts(gathered)
 
-    def finish(self, pos: Position) -> dict:
-        """Stop the servers; this worker's report (with every worker's summed losses)."""
-        self.client.command(Phase.STOP, pos.step)
+    def finish(self, pos: Position, stopped: bool = False) -> dict:
+        """Stop the servers (saying whether the run ``stopped`` early on a checkpoint
+        signal); this worker's report (with every worker's summed losses)."""
+        self.client.command(Phase.STOP, pos.step, int(stopped))
         losses = np.array(self.losses, np.float64)
         total = np.zeros_like(losses)
         self.topo.role_comm.Allreduce(losses, total)
         out = {"worker": {"samples": self.samples, "steps": len(losses),
                           **reader_totals(self.readers)},
                "losses": total.tolist(), "final_step": pos.step, "step_s": self.step_s,
-               "days": self.days.days}
+               "days": self.days.days, "stopped_early": stopped}
         if self.images is not None:
             out["images"] = self.images.stats()
             out["image_model_sha256"] = state_digest(self.images.model.state_dict())
