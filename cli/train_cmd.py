@@ -48,12 +48,10 @@ def train(config_path, local_np, launch, **flags):
         cfg.save(resolved)
         argv = [sys.executable, "-m", "cli", "train", "--config", resolved]
         roles = os.path.join(cfg.out, "topology.json")
-
-        def started(proc):  # the ranks have their handlers once the topology is written
-            return Forwarder(proc, cfg.checkpoint_signals, lambda: os.path.exists(roles))
-
-        code = (run_local(local_np, argv, roles, started) if local_np else
-                run_launched(shlex.split(launch) + argv, roles, started))
+        # the ranks have their handlers once rank 0 has written the topology
+        relay = Forwarder(cfg.checkpoint_signals, lambda: os.path.exists(roles))
+        code = (run_local(local_np, argv, roles, relay) if local_np else
+                run_launched(shlex.split(launch) + argv, roles, relay))
         raise SystemExit(code if code in (0, REQUEUE_EXIT) else 1)
     from hvams.train.run import run_training
 

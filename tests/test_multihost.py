@@ -102,14 +102,17 @@ def test_a_server_missing_a_partition_fails_fast_naming_it_and_its_host(cluster,
     import shutil
 
     shutil.rmtree(gone)
+    # SIGTERM not a checkpoint signal: the launcher's SIGTERM would dump stacks if armed
+    conf = tmp_path / "run.yaml"
+    conf.write_text("checkpoint_signals: [SIGUSR1]\n")
     t0 = time.time()
-    res = run_job(_train_argv(tiny_world, tmp_path / "run", "--launch", LAUNCH, max_steps=4,
-                              images=f"{placed}/{{node}}"), timeout=120, env=ENV)
+    res = run_job(_train_argv(tiny_world, tmp_path / "run", "--launch", LAUNCH, "--config", conf,
+                              max_steps=4, images=f"{placed}/{{node}}"), timeout=120, env=ENV)
     assert not res.timed_out and res.returncode != 0 and time.time() - t0 < 60
     line = next(ln for ln in res.output.splitlines() if "MissingPartitionError" in ln)
     assert f"server 1 on {cluster[1]}" in line and gone.name in line, line
     assert "Traceback" not in res.output
-    # a start-up error is one line: the ranks the launcher terminates dump no stacks
+    # a start-up error is one line: the ranks the launcher terminates (SIGTERM) dump no stacks
     assert "(most recent call first)" not in res.output, res.output[-3000:]
 
 

@@ -144,7 +144,6 @@ def test_a_signal_at_start_up_is_held_until_every_rank_can_take_it(tiny_world, t
     end = time.monotonic() + 60
     while not children() and time.monotonic() < end:
         time.sleep(0.02)
-    time.sleep(0.2)
     assert not (out / "topology.json").exists()  # no rank has started yet
     os.kill(proc.pid, signal.SIGTERM)
     try:
@@ -154,7 +153,29 @@ def test_a_signal_at_start_up_is_held_until_every_rank_can_take_it(tiny_world, t
         raise
     output = log.read_text()
     assert code == REQUEUE_EXIT, output[-3000:]
-    _stopped_at(out, output, 1)
+    # sent once rank 0 wrote the topology: the ranks have not trained yet, or barely
+    steps = int(output.split("every rank stops after ")[1].split()[0])
+    assert 1 <= steps <= 3, output[-3000:]
+    _stopped_at(out, output, steps)
     res = run_train(4, tiny_world, out, "--resume", "auto", local=True, timeout=240, **KEYS)
     assert res.returncode == 0, res.output[-3000:]
+    same_model(out, straight)
+
+
+def test_a_signal_in_the_day_end_exchange_stops_before_the_day_ends(tiny_world, tmp_path,
+                                                                   straight):
+    """Held at step 25, the first day's last, empty exchange (25 steps a day): the job
+    stops before DAY_END, and the resumed run ends that day (its rows age once)."""
+    out = tmp_path / "run"
+    job = Held(train_argv(tiny_world, out, "--local", 4, **KEYS), tmp_path / "job.log", 2,
+               at=25)
+    job.paused_pid()
+    os.kill(job.proc.pid, signal.SIGTERM)
+    code, output, _ = job.wait()
+    assert code == REQUEUE_EXIT, output[-3000:]
+    _stopped_at(out, output, 25)
+    assert "day=00 ended" not in output
+    res = run_train(4, tiny_world, out, "--resume", "auto", local=True, timeout=240, **KEYS)
+    assert res.returncode == 0, res.output[-3000:]
+    assert res.output.count("day=00 ended at step 25") == 1, res.output[-3000:]
     same_model(out, straight)

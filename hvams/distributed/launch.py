@@ -74,16 +74,15 @@ def explain_failure(output: str, roles: dict | None) -> str | None:
     return f"hvams: rank {rank} ({role}) on {node} died: signal {sig} {name}".rstrip()
 
 
-def run_local(np_: int, argv: list[str], roles_file: str | None = None, started=None) -> int:
+def run_local(np_: int, argv: list[str], roles_file: str | None = None, forwarder=None) -> int:
     """Run ``argv`` under a local mpirun, streaming its output; explain a dead rank."""
-    return run_launched(mpirun_command(np_, argv, env=local_env()), roles_file, started)
+    return run_launched(mpirun_command(np_, argv, env=local_env()), roles_file, forwarder)
 
 
-def run_launched(cmd: list[str], roles_file: str | None = None, started=None) -> int:
+def run_launched(cmd: list[str], roles_file: str | None = None, forwarder=None) -> int:
     """Run a launcher command line (mpirun and its argv), streaming its output; when a
     rank died, one line naming the rank, its role (from ``roles_file``) and its host.
-    ``started(proc)`` is called once the launcher runs; what it returns (signal forwarding),
-    if anything, is polled after every line of output."""
+    ``forwarder`` (``preemption.Forwarder``) is attached to the launcher once it runs."""
     import json
     import subprocess
     from collections import deque
@@ -93,13 +92,12 @@ def run_launched(cmd: list[str], roles_file: str | None = None, started=None) ->
 
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             bufsize=1)
-    hook = started(proc) if started is not None else None
+    if forwarder is not None:
+        forwarder.attach(proc)
     tail: deque = deque(maxlen=400)
     for line in proc.stdout:
         sys.stdout.write(line)
         tail.append(line)
-        if hook is not None:
-            hook.poll()
     code = proc.wait()
     if code != 0:
         roles = None

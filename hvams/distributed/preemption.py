@@ -16,8 +16,10 @@ a SIGTERM sent to mpirun itself kills the job.
 """
 from __future__ import annotations
 
+import os
 import signal
-import sys
+import threading
+import time
 
 REQUEUE_EXIT = 42  # "checkpointed on a signal: resume me" (cluster/slurm/train.sbatch requeues)
 
@@ -51,21 +53,24 @@ class StopFlag:
         self.names = sorted({signal.Signals(int(flags[r])).name for r in self.ranks})
 
     def describe(self) -> str:
-        ranks = self.ranks if len(self.ranks) <= 8 else f"{len(self.ranks)} ranks"
-        return f"{'/'.join(self.names)} on rank(s) {ranks}"
+        ranks = (f"rank(s) {self.ranks}" if len(self.ranks) <= 8 else
+                 f"{len(self.ranks)} ranks ({self.ranks[0]}, ..., {self.ranks[-1]})")
+        return f"{'/'.join(self.names)} on {ranks}"
 
 
 STOP = StopFlag()  # one per process, as signal handlers are
 
 
 class Forwarder:
-    """The launcher's side: each checkpoint signal it gets goes to ``proc`` (mpirun) as one
-    that mpirun passes on to every rank (SIGUSR1 or SIGUSR2, the first configured). Until
-    ``ready()`` (every rank has its handlers: the job's topology is written), a signal is
-    held and sent then, so a signal at start-up does not kill a rank still importing."""
+    """The launcher's side: each checkpoint signal it gets goes to the launched mpirun as
+    one that mpirun passes on to every rank (SIGUSR1 or SIGUSR2, the first configured).
 
-    def __init__(self, proc, names, ready):
-        self.proc, self.ready, self.pending = proc, ready, False
+    Installed before mpirun starts; a signal is held until ``ready()`` (every rank has its
+    handlers: the job's topology is written), then sent, so that a signal at start-up
+    does not kill a rank still importing torch."""
+
+    def __init__(self, names, ready):
+        self.ready, self.proc, self.pending = ready, None, False
         self.relay = next((getattr(signal, n) for n in names if n in ("SIGUSR1", "SIGUSR2")),
                           None)
         if self.relay is None:
@@ -73,14 +78,21 @@ class Forwarder:
         for name in names:
             signal.signal(getattr(signal, name), self._handler)
 
-    def _handler(self, signum, frame) -> None:
-        sys.stderr.write(f"hvams: {signal.Signals(signum).name}: asking every rank to "
-                         f"checkpoint at the next step and exit {REQUEUE_EXIT}\n")
-        self.pending = True
-        self.poll()
+    def attach(self, proc) -> None:
+        """The launcher process runs: a thread sends it each held signal once ready."""
+        self.proc = proc
+        if self.relay is not None:
+            threading.Thread(target=self._relay, name="hvams-signal-relay", daemon=True).start()
 
-    def poll(self) -> None:
-        """Send a held signal once the ranks are ready (the launcher calls this per line)."""
-        if self.pending and self.proc.poll() is None and self.ready():
-            self.pending = False
-            self.proc.send_signal(self.relay)
+    def _handler(self, signum, frame) -> None:
+        # os.write: a second signal may interrupt this handler's own write
+        os.write(2, f"hvams: {signal.Signals(signum).name}: asking every rank to checkpoint "
+                    f"at the next step and exit {REQUEUE_EXIT}\n".encode())
+        self.pending = True
+
+    def _relay(self) -> None:
+        while self.proc.poll() is None:
+            if self.pending and self.ready():
+                self.pending = False
+                self.proc.send_signal(self.relay)
+            time.sleep(0.05)

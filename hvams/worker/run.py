@@ -5,9 +5,9 @@ from ..distributed.preemption import STOP
 from ..protocol.timing import stage
 from ..train.restore import restore_worker
 from .position import Position, days_left
-from .trainer import WorkerTrainer
+from .trainer import STOPPED, WorkerTrainer
 
-DONE, OUT_OF_STEPS, STOPPED = "done", "out of steps", "stopped"
+DONE, OUT_OF_STEPS = "done", "out of steps"
 
 
 def run_worker(job) -> dict:
@@ -24,17 +24,17 @@ def run_worker(job) -> dict:
             trainer.evaluate(pos, epoch)  # evaluate where it stopped
             break
         pos.next_epoch()
+        # a signal seen in the day end or the evaluation stops the next epoch's first step:
+        # a checkpoint here would share its step number with the day's last one
         trainer.evaluate(pos, epoch)
-        if STOP.agreed and epoch + 1 < job.cfg.epochs:  # the signal came in the last day or
-            ended = trainer.stop_here(pos)              # the evaluation: stop at the epoch
-            break
     trainer.final_checkpoint(pos)
     return trainer.finish(pos, stopped=ended == STOPPED)
 
 
 def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> str:
     """Train the days left of ``pos``'s epoch: DONE, OUT_OF_STEPS (``max_steps``), or
-    STOPPED (a checkpoint signal came back in a step header: stop after that step)."""
+    STOPPED (a checkpoint signal came back in a step header: stop after that step, or
+    before the day's end when it came in the day's last, empty exchange)."""
     for _ in days_left(pos, num_days):
         for batch in trainer.batches(pos):
             if not trainer.train_step(batch, pos):  # pull, forward, backward, push, allreduce
@@ -42,6 +42,8 @@ def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> str:
             trainer.after_step(pos)
             if STOP.agreed:  # every rank saw the same header: every worker stops here
                 return trainer.stop_here(pos)
+        if STOP.agreed:  # before DAY_END: the resumed run takes the empty step and ends the day
+            return trainer.stop_here(pos)
         if trainer.out_of_steps(pos):
             return OUT_OF_STEPS
         trainer.end_day(pos)

@@ -35,6 +35,9 @@ from .client import StepClient
 from .position import Position
 
 
+STOPPED = "stopped"  # how a run that stopped on a checkpoint signal ended (worker.run)
+
+
 def batch_keys(batch: Batch | None, channel_names: list[str]) -> list[np.ndarray]:
     """Unique keys per channel (the image channel uses the batch's image keys)."""
     if batch is None:
@@ -194,7 +197,7 @@ class WorkerTrainer:
             print(f"hvams: {STOP.describe()} (in the header of step {STOP.agreed_step}): "
                   f"every rank stops after {pos.step} steps, checkpoints them and exits "
                   f"{REQUEUE_EXIT}", flush=True)
-        return "stopped"
+        return STOPPED
 
     def final_checkpoint(self, pos: Position) -> None:
         if self.checkpointed_at != pos.step:
