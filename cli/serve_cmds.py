@@ -96,9 +96,10 @@ def predict_cmd(model_dir, day_dir, out, batch_size, as_json, images):
                                       "refused before decoding (at most the export's limit).")
 @click.option("--image-cache", type=click.IntRange(0), default=100_000, show_default=True,
               help="Embeddings of new images kept per process (LRU).")
-@click.option("--batch-wait-ms", type=click.FloatRange(0), default=2.0, show_default=True,
-              help="How long a request's new images wait for other requests' to be embedded "
-                   "together.")
+@click.option("--batch-wait-ms", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="How long a request's new images wait for other requests' when the image "
+                   "model is idle (while it is busy, they queue and go together when it is "
+                   "done).")
 @click.option("--batch-images", type=click.IntRange(1), default=64, show_default=True,
               help="New images embedded in one call at most.")
 def serve_cmd(model_dir, host, port, workers, models_root, admin_token_file, watch,

@@ -87,3 +87,27 @@ def test_predict_prints_no_warning_and_labels_the_model(trained, tiny_world, tmp
     assert "Warning" not in res.stderr, res.stderr
     row = next(ln for ln in res.stdout.splitlines() if ln.startswith("dicm"))
     assert int(row.split()[1]) > 0          # the checkpoint's step, not 0
+
+
+def test_arriving_images_are_decoded_in_groups_bounded_by_their_pixels():
+    """Small creatives share one decode-and-resize call; a large image, or one whose header
+    does not read, goes alone; the groups cover every image once, in order."""
+    import io
+
+    from PIL import Image
+
+    from hvams.serve.image_model import GROUP_PIXELS, _groups
+
+    def png(w, h):
+        buf = io.BytesIO()
+        Image.new("RGB", (w, h), (200, 30, 30)).save(buf, format="PNG")
+        return buf.getvalue()
+
+    side = int(GROUP_PIXELS ** 0.5)
+    blobs = [png(64, 64)] * 3 + [b"not an image"] + [png(64, 64), png(side, side + 1),
+                                                      png(64, 64)]
+    groups = list(_groups(blobs))
+    assert groups == [(0, 3), (3, 4), (4, 5), (5, 6), (6, 7)], groups
+    many = list(_groups([png(64, 64)] * 600))   # 600 x 4096 px: more than one group
+    assert many[0] == (0, GROUP_PIXELS // 4096) and many[-1][1] == 600
+    assert all(a == b for (_, a), (b, _) in zip(many, many[1:]))

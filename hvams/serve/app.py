@@ -60,7 +60,7 @@ class ServeConfig:
     max_new_images: int = 32           # images a request may bring to be embedded
     max_image_pixels: int = 2048 * 2048  # decompression-bomb limit of an arriving image
     image_cache: int = 100_000
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 0.0         # an idle image model takes new images at once
     batch_images: int = 64
     watch: str | None = None           # load the newest export in this directory
     watch_every_s: float = 2.0
@@ -178,6 +178,20 @@ class Server:
     def _score_batch(model: ServingModel, batch, embedded: dict):
         return model.score(batch, embedded), model.lookup.take_unseen()
 
+    def _parse_and_score(self, model: ServingModel, raw: bytes):
+        """Parse; where no candidate brings an image to embed, score too (one hop to the
+        compute thread instead of two). Returns (request, image sources, new images,
+        scores and unseen IDs or None)."""
+        req = self._parse(model, raw)
+        # a candidate's image: the export's table, else its bytes (embedded now, or cached
+        # by key and bytes); behavior images come from the table or get the missing row
+        keys = [k for k in set(req.image_of) if k is not None]
+        sources = dict(zip(keys, np.where(model.knows_images(keys), TABLE, UNKNOWN).tolist()))
+        new = {k: v for k, v in req.new_images.items() if sources.get(k) == UNKNOWN}
+        if new and model.images is not None:
+            return req, sources, new, None
+        return req, sources, new, self._score_batch(model, req.batch, {})
+
     async def _score(self, request: Request) -> Response:
         model = self.model   # this request's model, whatever a reload does meanwhile
         if model is None:
@@ -186,18 +200,13 @@ class Server:
         try:
             raw = await _body(request, self.cfg.max_body_bytes)
             # parsed beside the loop, which keeps taking requests and firing batch timers
-            req = await loop.run_in_executor(self.compute, self._parse, model, raw)
+            req, sources, new, scored = await loop.run_in_executor(
+                self.compute, self._parse_and_score, model, raw)
         except BodyTooLarge:
             return _error(413, f"body larger than the limit of {self.cfg.max_body_bytes} bytes")
         except RequestError as exc:
             return _error(exc.status, str(exc), exc.field)
-        # a candidate's image: the export's table, else its bytes (embedded now, or cached
-        # by key and bytes); behavior images come from the table or get the missing row
-        keys = [k for k in set(req.image_of) if k is not None]
-        sources = dict(zip(keys, np.where(model.knows_images(keys), TABLE, UNKNOWN).tolist()))
-        new = {k: v for k, v in req.new_images.items() if sources.get(k) == UNKNOWN}
-        embedded = {}
-        if new and model.images is not None:
+        if scored is None:  # new images: embedded in micro-batches, then scored
             if len(new) > self.cfg.max_new_images:
                 return _error(413, f"{len(new)} new images, more than the limit of "
                                    f"{self.cfg.max_new_images} a request", "candidates")
@@ -206,8 +215,9 @@ class Server:
             except TimeoutError:
                 return _error(503, "the image model did not answer within 60 s")
             sources.update(found)
-        scores, unseen = await loop.run_in_executor(self.compute, self._score_batch, model,
-                                                    req.batch, embedded)
+            scored = await loop.run_in_executor(self.compute, self._score_batch, model,
+                                                req.batch, embedded)
+        scores, unseen = scored
         self.metrics.scored(req, sources, unseen)
         return AsciiJSON({"scores": scores.tolist(),
                           "images": [sources.get(k) if k is not None else None

@@ -18,10 +18,29 @@ import torch
 from ..imaging.decoder import ImageDecoder
 from ..imaging.embed import embedder_for
 from ..models.image import ImageEmbedder
-from ..store.decode import MEAN, STD
+from ..store.decode import MEAN, STD, header_size
 from ..train.checkpoint import load_torch
 
 IMAGE_MODEL_FILE = "image_model.pt"
+GROUP_PIXELS = 1 << 20  # decoded pixels held at once when embedding arriving images
+
+
+def _groups(blobs: list[bytes]):
+    """[a, b) ranges of ``blobs`` whose header pixel counts add up to GROUP_PIXELS at most;
+    an image whose header does not read is a group of its own (the decoder reports it)."""
+    start, total = 0, 0
+    for i, blob in enumerate(blobs):
+        try:
+            w, h = header_size(blob)
+            pixels = w * h
+        except Exception:  # any unreadable header: decode alone, where the error is named
+            pixels = GROUP_PIXELS + 1
+        if i > start and total + pixels > GROUP_PIXELS:
+            yield start, i
+            start, total = i, 0
+        total += pixels
+    if start < len(blobs):
+        yield start, len(blobs)
 
 
 def image_model_manifest(cfg) -> dict:
@@ -54,8 +73,9 @@ class ExportedImageModel:
         """(k, dim) embeddings, a mask of the images that decoded, and the decode errors
         (an image that did not decode gets the missing-image row)."""
         keys = np.asarray(keys, np.int64)
-        # one image at a time: only one full-size decoded image is held, whatever the batch
-        parts = [self.decoder.decode(keys[i:i + 1], [blob]) for i, blob in enumerate(blobs)]
+        # in groups of at most GROUP_PIXELS decoded pixels (one image if it is larger): small
+        # creatives are resized together, and a batch of full-size images never is held whole
+        parts = [self.decoder.decode(keys[a:b], blobs[a:b]) for a, b in _groups(blobs)]
         pixels = torch.cat([p[0] for p in parts]) if parts else torch.zeros(
             (0, 3, self.decoder.size, self.decoder.size), dtype=torch.uint8)
         ok = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0, bool)

@@ -1,8 +1,10 @@
 """Images that arrive with a request, embedded together across concurrent requests.
 
-A request's new images wait at most ``max_wait`` seconds for other requests' (or until
-``max_batch`` are pending), then one call of the exported image model embeds them all, in a
-thread, so the event loop keeps taking requests meanwhile. Each result is kept in the
+When the image model is idle, a request's new images go to it at once (after waiting
+``max_wait`` seconds for other requests' where that is set); while it embeds a batch, the
+images that arrive queue, and go together as soon as it is done (or when ``max_batch`` are
+pending). So a lone request never waits for company, and under load the batches grow with
+the load. The model runs in a thread, so the event loop keeps taking requests meanwhile. Each result is kept in the
 model's bounded LRU cache (``ServingModel.remember``) under its key *and* the sha1 of its
 bytes, so the same image is embedded once, and a client sending other bytes under a key
 cannot change what another client's image gets. An image that does not decode gets the
@@ -30,13 +32,14 @@ class _Pending:
 class NewImages:
     """The micro-batcher of one serving process."""
 
-    def __init__(self, max_batch: int = 64, max_wait: float = 0.002, on_batch=None,
+    def __init__(self, max_batch: int = 64, max_wait: float = 0.0, on_batch=None,
                  executor=None):
         self.max_batch, self.max_wait = max_batch, max_wait
         self.executor = executor           # where the image model runs (None: the loop's pool)
         self.on_batch = on_batch           # on_batch(n_images, n_bad): metrics
         self._pending: _Pending | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self._running = 0                  # batches handed to the model, not done yet
 
     async def embed(self, model, images: dict[int, bytes]
                     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
@@ -50,6 +53,8 @@ class NewImages:
                 out[key], source[key] = emb, CACHED
                 continue
             waiting.append((key, self._submit(model, entry, data)))
+        if waiting:
+            self._kick()
         for key, fut in waiting:
             emb, ok = await fut
             out[key], source[key] = emb, EMBEDDED if ok else BAD
@@ -61,7 +66,6 @@ class NewImages:
             self._flush()   # a reload swapped the model: the old one's batch goes first
         if self._pending is None:
             self._pending = _Pending(model)
-            self._timer = loop.call_later(self.max_wait, self._flush)
         fut = loop.create_future()
         p = self._pending
         p.keys.append(key)
@@ -71,6 +75,16 @@ class NewImages:
             self._flush()
         return fut
 
+    def _kick(self) -> None:
+        """A request's images are all pending: to the idle model now (or after
+        ``max_wait``); a busy one takes them when its batch is done."""
+        if self._pending is None or self._running:
+            return
+        if self.max_wait <= 0:
+            self._flush()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.max_wait, self._flush)
+
     def _flush(self) -> None:
         p, self._pending = self._pending, None
         if self._timer is not None:
@@ -78,6 +92,7 @@ class NewImages:
             self._timer = None
         if p is None:
             return
+        self._running += 1
         asyncio.get_running_loop().create_task(self._run(p))
 
     async def _run(self, p: _Pending) -> None:
@@ -97,3 +112,7 @@ class NewImages:
             for fut in p.futures:
                 if not fut.done():
                     fut.set_exception(exc)
+        finally:
+            self._running -= 1
+            if not self._running and self._pending is not None:
+                self._flush()  # what queued while the model was busy, as one batch

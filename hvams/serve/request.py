@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..data.batch import Batch, cap_lists, index_keys
+from ..data.batch import Batch, index_keys
 from ..data.schema import Schema
 
 BYTES_SUFFIX = "_bytes"
@@ -149,11 +149,20 @@ def parse(body, schema: Schema, fields: list, limits: Limits) -> ScoreRequest:
                                                     f"lists have {length}")
         length = len(seq)
         flat[name] = _column(seq, f"behaviors.{name}[{{}}]")
-    n, length = len(cands), length or 0
-    offsets = np.arange(n + 1, dtype=np.int64) * length
-    batch = Batch(n, values, {name: np.tile(flat[name], n) for name in lists}, offsets)
-    batch = index_keys(cap_lists(batch, schema.max_behaviors), schema, fields)
-    return ScoreRequest(batch, new_images, image_of)
+    return ScoreRequest(_shared_behaviors(len(cands), values, flat, schema, fields),
+                        new_images, image_of)
+
+
+def _shared_behaviors(n: int, values: dict, flat: dict, schema: Schema, fields) -> Batch:
+    """The batch of ``n`` candidates that all have the behaviors ``flat``: keys are made
+    unique over one copy of the lists (not n), whose indices are then repeated per row."""
+    length = min(len(next(iter(flat.values()), ())), schema.max_behaviors)
+    flat = {name: seq[:length] for name, seq in flat.items()}  # the newest first (cap_lists)
+    once = index_keys(Batch(n, values, flat, np.array([0, length], np.int64)), schema, fields)
+    once.index.update({name: np.tile(once.index[name], n) for name in flat})
+    once.lists = {name: np.tile(seq, n) for name, seq in flat.items()}
+    once.offsets = np.arange(n + 1, dtype=np.int64) * length
+    return once
 
 
 def _image_bytes(raw, where: str, limits: Limits) -> bytes:
