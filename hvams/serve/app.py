@@ -199,7 +199,8 @@ class Server:
         loop = asyncio.get_running_loop()
         try:
             raw = await _body(request, self.cfg.max_body_bytes)
-            # parsed beside the loop, which keeps taking requests and firing batch timers
+            # parsed (and, without new images, scored) beside the loop, which keeps taking
+            # requests and running the new-image batches
             req, sources, new, scored = await loop.run_in_executor(
                 self.compute, self._parse_and_score, model, raw)
         except BodyTooLarge:

@@ -150,8 +150,8 @@ def decode_rgb(data: bytes, key: int = -1, max_pixels: int = DEFAULT_MAX_PIXELS)
         else:
             raw = torch.frombuffer(bytearray(data), dtype=torch.uint8)
             img = decode_image(raw, mode=ImageReadMode.RGB)
-            if img.dim() == 4:  # an animated GIF: its first frame
-                img = img[0]
+            if img.dim() == 4:  # an animated GIF: its first frame, the others freed now
+                img = img[0].clone()
     except Exception as exc:  # the decoders raise RuntimeError/ValueError/OSError variants
         raise CorruptImageError(key, f"decode failed: {str(exc).splitlines()[0][:200]}") from None
     if img.dtype == torch.uint16:
