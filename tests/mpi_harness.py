@@ -164,9 +164,9 @@ def final_checkpoint(run):
     return d, dense, arrays
 
 
-def same_model(a, b):
-    """The newest complete checkpoints of runs ``a`` and ``b`` hold the same state, bit for
-    bit, and their final test metrics are equal."""
+def same_checkpoint(a, b):
+    """The newest complete checkpoints of runs ``a`` and ``b``: the same step, the same
+    dense model and position, the same server arrays, bit for bit."""
     import numpy as np
     import torch
 
@@ -178,5 +178,10 @@ def same_model(a, b):
     assert aa.keys() == ab.keys()
     for k in aa:
         assert np.array_equal(aa[k], ab[k]), k
+
+
+def same_model(a, b):
+    """``same_checkpoint``, and the runs' final test metrics are equal."""
+    same_checkpoint(a, b)
     ma, mb = metrics_of(a)[-1], metrics_of(b)[-1]
     assert (ma["auc"], ma["logloss"], ma["step"]) == (mb["auc"], mb["logloss"], mb["step"])

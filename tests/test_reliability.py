@@ -6,10 +6,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-import torch
 
 from hvams.train.checkpoint import is_complete, latest_complete
-from mpi_harness import final_checkpoint, metrics_of, run_train, train_ok
+from mpi_harness import metrics_of, run_train, same_checkpoint, train_ok
 
 K = 3
 
@@ -17,16 +16,6 @@ K = 3
 def _train(world, out, servers, steps, model="din", workers=2, **keys):
     return run_train(servers + workers, world, out, servers=servers, model=model,
                      sparse_optimizer="adam", batch_size=40, max_steps=steps, **keys)
-
-
-def _same(a, b):
-    (na, da, aa), (nb, db, ab) = final_checkpoint(a), final_checkpoint(b)
-    assert na.name == nb.name
-    for k in da["model"]:
-        assert torch.equal(da["model"][k], db["model"][k]), k
-    assert aa.keys() == ab.keys()
-    for k in aa:
-        assert np.array_equal(aa[k], ab[k]), k
 
 
 @pytest.fixture(scope="module")
@@ -49,7 +38,7 @@ def test_crash_then_resume_equals_straight(tiny_world, tmp_path, straight, fault
     res = _train(tiny_world, out, 2, 3 * K, checkpoint_every=K, resume=True)
     assert res.returncode == 0, res.output[-3000:]
     assert f"latest complete checkpoint is ckpt-{K:08d}" in res.output
-    _same(out, straight)
+    same_checkpoint(out, straight)
 
 
 def test_corrupted_checkpoint_file_is_skipped(tiny_world, tmp_path, straight):
