@@ -28,11 +28,11 @@ def straight(tiny_world, tmp_path_factory):
 class Held:
     """A job started in its own session, held at step ``at`` (of training, or the start of
     the evaluation there) by rank ``rank``'s test fault until a checkpoint signal reaches
-    that rank; its output goes to a file."""
+    that rank (``rank=None``: not held); its output goes to a file."""
 
-    def __init__(self, cmd, log: Path, rank: int, at: int = AT, where: str = "step"):
+    def __init__(self, cmd, log: Path, rank: int | None, at: int = AT, where: str = "step"):
         self.log, self.marker = log, f"paused at {where} {at} "
-        env = _env({"HVAMS_FAULT": f"rank:{rank}:{where}:{at}:pause"})
+        env = _env({} if rank is None else {"HVAMS_FAULT": f"rank:{rank}:{where}:{at}:pause"})
         self.proc = subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT,
                                      env=env, start_new_session=True)
 
@@ -135,23 +135,19 @@ def test_a_signal_at_start_up_is_held_until_every_rank_can_take_it(tiny_world, t
                                                                    straight):
     """SIGTERM reaches the launcher while its ranks are still importing: it holds the signal
     until every rank has its handlers, and the job stops after its first step."""
-    out, log = tmp_path / "run", tmp_path / "job.log"
-    proc = subprocess.Popen(train_argv(tiny_world, out, "--local", 4, **KEYS), env=_env({}),
-                            stdout=log.open("w"), stderr=subprocess.STDOUT,
-                            start_new_session=True)
-    children = lambda: subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True,  # noqa: E731
-                                      text=True).stdout.split()
+    out = tmp_path / "run"
+    job = Held(train_argv(tiny_world, out, "--local", 4, **KEYS), tmp_path / "job.log", None)
+    # mpirun started (the launcher's relay is installed before it); not any other child,
+    # such as the ldconfig that a library lookup at import may run before the relay exists
+    mpirun = lambda: subprocess.run(["pgrep", "-P", str(job.proc.pid), "mpirun"],  # noqa: E731
+                                    capture_output=True, text=True).stdout.split()
     end = time.monotonic() + 60
-    while not children() and time.monotonic() < end:
+    while not mpirun() and time.monotonic() < end:
         time.sleep(0.02)
+    assert mpirun(), job.log.read_text()[-3000:]
     assert not (out / "topology.json").exists()  # no rank has started yet
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        code = proc.wait(180)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        raise
-    output = log.read_text()
+    os.kill(job.proc.pid, signal.SIGTERM)
+    code, output, _ = job.wait()
     assert code == REQUEUE_EXIT, output[-3000:]
     # sent once rank 0 wrote the topology: the ranks have not trained yet, or barely
     steps = int(output.split("every rank stops after ")[1].split()[0])
