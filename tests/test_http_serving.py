@@ -220,6 +220,93 @@ def test_a_new_image_is_embedded_on_arrival_as_the_export_embeds_it(exports, day
     assert 'hvams_images_total{source="bad"} 1.0' in text
 
 
+def test_new_images_go_to_an_idle_model_at_once_and_queue_together_while_it_is_busy(
+        exports, day, tiny_world):
+    """The batcher's rule, on the exported model: a lone request's images are one batch at
+    once; while the model is busy, the images of the requests that arrive meanwhile wait
+    and then go as one batch; every vector is the one the image embedded alone gets (and
+    the one the export's table holds for the same bytes); a cached image makes no batch."""
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    from hvams.serve.model import ServingModel
+    from hvams.serve.new_images import CACHED, EMBEDDED, NewImages
+
+    model_dir = exports["dicm-frozen"][0]
+    model = ServingModel.load(model_dir)
+    keys = np.unique([int(r["ad_image"]) for r in day])[:6]
+    blobs = ImageStore(tiny_world / "images").get_many(keys)
+    with np.load(model_dir / "image_embeddings.npz") as z:
+        table = {int(k): r for k, r in zip(z["keys"], z["rows"])}
+    fresh = [10 ** 12 + i for i in range(len(keys))]   # keys the export lacks
+    batches, compute = [], ThreadPoolExecutor(1)
+    images = NewImages(max_batch=64, on_batch=lambda n, bad: batches.append(n),
+                       executor=compute)
+
+    def ask(idx):
+        return images.embed(model, {fresh[i]: blobs[i] for i in idx})
+
+    async def scenario():
+        alone = await ask([0, 1])
+        assert batches == [2] and images.idle()
+        gate = threading.Event()
+        compute.submit(gate.wait, 30)          # the compute thread is busy elsewhere
+        first = asyncio.create_task(ask([2]))
+        await asyncio.sleep(0.05)              # its batch is handed over, and waits
+        later = [asyncio.create_task(ask([3, 4])), asyncio.create_task(ask([5]))]
+        await asyncio.sleep(0.05)
+        assert batches == [2] and not images.idle()
+        gate.set()
+        results = [alone, await first, *(await asyncio.gather(*later))]
+        again = await ask([0, 5])
+        return results, again
+
+    try:
+        results, again = asyncio.run(scenario())
+    finally:
+        compute.shutdown()
+    assert batches == [2, 1, 3], batches        # the two later requests shared one batch
+    got = {k: v for vectors, _ in results for k, v in vectors.items()}
+    assert all(src == EMBEDDED for _, sources in results for src in sources.values())
+    for i, key in enumerate(fresh):
+        assert np.abs(got[key] - table[int(keys[i])]).max() < 1e-6, i
+    assert set(again[1].values()) == {CACHED} and batches == [2, 1, 3]
+    # the one-hop path (a request alone in its process) computes the same vectors
+    here, sources = NewImages().embed_here(ServingModel.load(model_dir),
+                                           {fresh[i]: blobs[i] for i in range(6)})
+    assert set(sources.values()) == {EMBEDDED}
+    assert all(np.abs(here[k] - got[k]).max() < 1e-6 for k in fresh)
+
+
+def test_concurrent_requests_with_new_images_all_get_their_vectors(exports, day, served,
+                                                                     tiny_world):
+    """Eight requests at once, each bringing two new images (some go together through the
+    batcher, some alone): every answer is what the same candidates score with the table's
+    images."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    model, _ = exports["dicm"]
+    rows = day[:2]
+    keys = [int(r["ad_image"]) for r in rows]
+    blobs = ImageStore(tiny_world / "images").get_many(np.array(keys))
+    s = served(model)
+    status, known = s.post("/v1/score", _request(model, rows))
+    assert status == 200 and known["images"] == ["table", "table"]
+
+    def bring(i):
+        body = _request(model, rows)
+        for j, cand in enumerate(body["candidates"]):
+            cand["ad_image"] = 10 ** 12 + 2 * i + j
+            cand["ad_image_bytes"] = base64.b64encode(blobs[j]).decode()
+        return s.post("/v1/score", body)
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(bring, range(8)))
+    for status, a in answers:
+        assert status == 200 and a["images"] == ["embedded", "embedded"], a
+        assert np.abs(np.array(a["scores"]) - known["scores"]).max() < 1e-6
+
+
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst)
     return dst

@@ -116,10 +116,12 @@ class ImageEmbedder(nn.Module):
         """Backbone output; without autograd when the backbone is frozen."""
         if self.frozen:
             was = self.backbone.training
-            self.backbone.eval()
+            if was:   # (train() walks every module: a cost per call when serving)
+                self.backbone.eval()
             with torch.no_grad():
                 out = self.backbone(images)
-            self.backbone.train(was)
+            if was:
+                self.backbone.train(True)
             return out
         return self.backbone(images)
 

@@ -67,6 +67,8 @@ class ExportedImageModel:
         # a server may refuse smaller images than training did (the decoder's bomb limit)
         limit = min(spec["max_pixels"], max_pixels or spec["max_pixels"])
         self.decoder = ImageDecoder(spec["image_size"], limit)
+        import torchvision.io  # noqa: F401  (now, not on the first arriving image: the
+        # decoders load with the model, before the server settles its heap)
         self.dim = spec["emb_dim"]
 
     def embed(self, keys: np.ndarray, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray, list]:

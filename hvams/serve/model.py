@@ -9,6 +9,7 @@ again. Scoring builds the same ``Batch`` -> rows -> ``Inputs`` -> model path as
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -62,6 +63,7 @@ class ServingModel:
         # new images' embeddings by (key, sha1 of the bytes), least recently used first
         self.embedded: OrderedDict[tuple, np.ndarray] = OrderedDict()
         self.image_cache = image_cache
+        self._cache_lock = threading.Lock()   # the loop and the compute thread both use it
 
     @classmethod
     def load(cls, model_dir: str | Path, image_cache: int = 100_000,
@@ -95,16 +97,18 @@ class ServingModel:
 
     def remember(self, key: tuple, emb: np.ndarray) -> None:
         """Keep a new image's embedding (least recently used ones go past the cache size)."""
-        self.embedded[key] = emb
-        self.embedded.move_to_end(key)
-        while len(self.embedded) > self.image_cache:
-            self.embedded.popitem(last=False)
+        with self._cache_lock:
+            self.embedded[key] = emb
+            self.embedded.move_to_end(key)
+            while len(self.embedded) > self.image_cache:
+                self.embedded.popitem(last=False)
 
     def recall(self, key: tuple) -> np.ndarray | None:
-        emb = self.embedded.get(key)
-        if emb is not None:
-            self.embedded.move_to_end(key)
-        return emb
+        with self._cache_lock:
+            emb = self.embedded.get(key)
+            if emb is not None:
+                self.embedded.move_to_end(key)
+            return emb
 
     def score(self, batch, embedded: dict[int, np.ndarray]) -> np.ndarray:
         """Click probabilities of ``batch``'s rows; ``embedded``: image key -> embedding of

@@ -4,7 +4,9 @@ When the image model is idle, a request's new images go to it at once (after wai
 ``max_wait`` seconds for other requests' where that is set); while it embeds a batch, the
 images that arrive queue, and go together as soon as it is done (or when ``max_batch`` are
 pending). So a lone request never waits for company, and under load the batches grow with
-the load. The model runs in a thread, so the event loop keeps taking requests meanwhile. Each result is kept in the
+the load. The model runs in a thread, so the event loop keeps taking requests meanwhile; a
+request alone in its process embeds its images in that thread itself (``embed_here``), with
+no round trip through the loop. Each result is kept in the
 model's bounded LRU cache (``ServingModel.remember``) under its key *and* the sha1 of its
 bytes, so the same image is embedded once, and a client sending other bytes under a key
 cannot change what another client's image gets. An image that does not decode gets the
@@ -41,18 +43,53 @@ class NewImages:
         self._timer: asyncio.TimerHandle | None = None
         self._running = 0                  # batches handed to the model, not done yet
 
+    def idle(self) -> bool:
+        """No batch pending or running (read from any thread: a stale answer costs only a
+        batch that could have been shared)."""
+        return self._pending is None and not self._running
+
+    @staticmethod
+    def _recall(model, images: dict[int, bytes], out: dict, source: dict) -> list[tuple]:
+        """Fill ``out``/``source`` from the cache; (key, cache entry, bytes) of the rest."""
+        todo = []
+        for key, data in images.items():
+            entry = (key, hashlib.sha1(data).digest())
+            emb = model.recall(entry)
+            if emb is None:
+                todo.append((key, entry, data))
+            else:
+                out[key], source[key] = emb, CACHED
+        return todo
+
+    def _embed_batch(self, model, entries: list[tuple], blobs: list[bytes]):
+        """(embeddings, ok) of a batch, in the calling thread; the good ones are cached."""
+        emb, ok, _ = model.images.embed(np.array([k for k, _ in entries], np.int64), blobs)
+        if self.on_batch:
+            self.on_batch(len(entries), int((~ok).sum()))
+        for i, entry in enumerate(entries):
+            if ok[i]:
+                model.remember(entry, emb[i])
+        return emb, ok
+
+    def embed_here(self, model, images: dict[int, bytes]
+                   ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
+        """What ``embed`` gives, computed in the calling thread (the compute thread, for a
+        request that is alone: nothing to batch with)."""
+        out, source = {}, {}
+        todo = self._recall(model, images, out, source)
+        if todo:
+            emb, ok = self._embed_batch(model, [e for _, e, _ in todo], [d for *_, d in todo])
+            for i, (key, _, _) in enumerate(todo):
+                out[key], source[key] = emb[i], EMBEDDED if ok[i] else BAD
+        return out, source
+
     async def embed(self, model, images: dict[int, bytes]
                     ) -> tuple[dict[int, np.ndarray], dict[int, str]]:
         """For ``images`` (key -> bytes) the table lacks: their embeddings and each key's
         source (``embedded`` now, ``cached`` from before, or ``bad``)."""
-        out, source, waiting = {}, {}, []
-        for key, data in images.items():
-            entry = (key, hashlib.sha1(data).digest())
-            emb = model.recall(entry)
-            if emb is not None:
-                out[key], source[key] = emb, CACHED
-                continue
-            waiting.append((key, self._submit(model, entry, data)))
+        out, source = {}, {}
+        waiting = [(key, self._submit(model, entry, data))
+                   for key, entry, data in self._recall(model, images, out, source)]
         if waiting:
             self._kick()
         for key, fut in waiting:
@@ -98,14 +135,9 @@ class NewImages:
     async def _run(self, p: _Pending) -> None:
         loop = asyncio.get_running_loop()
         try:
-            emb, ok, _ = await loop.run_in_executor(
-                self.executor, p.model.images.embed,
-                np.array([k for k, _ in p.keys], np.int64), p.blobs)
-            if self.on_batch:
-                self.on_batch(len(p.keys), int((~ok).sum()))
-            for i, (entry, fut) in enumerate(zip(p.keys, p.futures)):
-                if ok[i]:
-                    p.model.remember(entry, emb[i])
+            emb, ok = await loop.run_in_executor(
+                self.executor, self._embed_batch, p.model, p.keys, p.blobs)
+            for i, fut in enumerate(p.futures):
                 if not fut.done():
                     fut.set_result((emb[i], bool(ok[i])))
         except Exception as exc:  # the model failed: every waiting request hears it
