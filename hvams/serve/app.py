@@ -292,15 +292,17 @@ class Server:
         if outside:
             return _error(403, f"{target} is a delta on {outside[0]}, outside the models root "
                                f"{self.cfg.root}", "model_dir")
-        previous = self.model
+        # its name, not the model: the swap settles the heap, which the old model should
+        # then be in only through the requests still running on it
+        previous = self.model.name if self.model else None
         try:
             new = await self.swap_to(path)
         except Exception as exc:   # whatever is wrong with the export, the old model serves on
             self.metrics.reload_failed()
             return _error(409, f"{target}: not loaded, still serving "
-                               f"{previous.name if previous else 'nothing'}: {exc}", "model_dir")
+                               f"{previous or 'nothing'}: {exc}", "model_dir")
         return AsciiJSON({"model": new.name, "checkpoint": new.manifest.get("checkpoint"),
-                          "previous": previous.name if previous else None})
+                          "previous": previous})
 
     async def healthz(self, request: Request) -> Response:
         return AsciiJSON({"status": "ok"})

@@ -67,8 +67,9 @@ class ExportedImageModel:
         # a server may refuse smaller images than training did (the decoder's bomb limit)
         limit = min(spec["max_pixels"], max_pixels or spec["max_pixels"])
         self.decoder = ImageDecoder(spec["image_size"], limit)
-        import torchvision.io  # noqa: F401  (now, not on the first arriving image: the
-        # decoders load with the model, before the server settles its heap)
+        # the decoders load with the model, not on the first arriving image, so that they
+        # are in the heap the server settles after loading
+        import torchvision.io  # noqa: F401
         self.dim = spec["emb_dim"]
 
     def embed(self, keys: np.ndarray, blobs: list[bytes]) -> tuple[np.ndarray, np.ndarray, list]:
