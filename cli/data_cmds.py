@@ -82,3 +82,34 @@ def posters(out, preset_name, overwrite, **overrides):
         info = synthesize_posters(out, poster_preset(preset_name, **overrides), overwrite=overwrite,
                                   log=click.echo)
     click.echo(_summary(out, info))
+
+
+@data.command()
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
+@click.option("--preset", "preset_name", type=click.Choice(["mosaic", "mosaic-tiny"]),
+              default="mosaic", show_default=True, help="Size of the world.")
+@click.option("--seed", type=int, default=None, help="World seed (default 0).")
+@click.option("--shoppers", type=int, default=None)
+@click.option("--listings", type=int, default=None)
+@click.option("--days", "train_days", type=int, default=None, help="Training days (plus one test day).")
+@click.option("--samples-per-day", type=int, default=None)
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty output directory.")
+def mosaic(out, preset_name, overwrite, **overrides):
+    """Write the third, independent world: numpy-drawn tile mosaics, a global visual
+    appeal plus per-shopper tastes, its own schema.
+
+    Images come as PNG bytes in images.parquet, ingested as `hvams images ingest --bytes`
+    would (some are truncated, some keys never arrive); no backbone is pretrained for it
+    (docs/data.md, "The mosaic world").
+
+    \b
+    Example:
+      hvams data mosaic --out data/mosaic
+    """
+    from hvams.data.mosaic import mosaic_preset, synthesize_mosaic
+
+    with reported(ValueError, FileExistsError):
+        info = synthesize_mosaic(out, mosaic_preset(preset_name, **overrides), overwrite=overwrite,
+                                 log=click.echo)
+    o = info["oracle"]
+    click.echo(f"{_summary(out, info)}; visual term alone AUC {o['test_visual_only_auc']:.4f}")

@@ -54,3 +54,16 @@ def test_batched_resize_equals_one_image_resize():
     for i in range(5):
         assert torch.equal(batch[i], resize_uint8(imgs[i], 32))
 
+
+def test_the_cpu_resize_is_within_one_grey_level_of_the_float_kernel():
+    """The CPU resizes with torch's uint8 kernel; CUDA has only the float one."""
+    import torch.nn.functional as F
+
+    for shape, size in [((4, 3, 64, 64), 32), ((3, 3, 48, 40), 32), ((2, 3, 20, 20), 32),
+                        ((1, 3, 300, 200), 64)]:
+        imgs = torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+        ref = F.interpolate(imgs.float(), size=(size, size), mode="bilinear", antialias=True,
+                            align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        out = resize_batch(imgs, size)
+        assert out.dtype == torch.uint8 and out.shape == ref.shape
+        assert (out.int() - ref.int()).abs().max() <= 1, shape
