@@ -155,9 +155,15 @@ class TrainConfig:
     head: list[int] | None = key(None, "Hidden layers of the image head (default: the paper's "
                                        "256-64, after the backbone).", flag=False)
     image_lr: float = key(0.001, "Adam learning rate of the shared image model.")
+    backbone_lr_scale: float = key(1.0, "A trainable backbone learns at image_lr times this "
+                                        "(below 1: fine-tune pretrained weights gently).")
     feature_cache: int = key(200_000, "Frozen backbone outputs kept per rank.", flag=False)
     pixel_cache: int = key(100_000, "Decoded, resized images kept per rank.", flag=False)
     concat_behaviors: int = key(10, "Newest behaviors the concat aggregator keeps.", flag=False)
+    image_products: bool = key(False, "DICM: also give the tower the elementwise product of the "
+                                      "ad image embedding with each pooled behavior-image channel "
+                                      "(a taste match the MLP need not learn from a concatenation).",
+                               on="--image-products", off="--no-image-products")
     max_pixels: int = key(4096 * 4096, "Images whose header claims more pixels are refused "
                                        "(bombs).", flag=False)
     cache_bytes: int | None = key(None, "Bytes of decoded pixels + frozen features a rank caches "
@@ -240,7 +246,7 @@ class TrainConfig:
         for key in ("servers", "epochs", "batch_size", "eval_batch_size", "emb_dim",
                     "lr_decay_steps", "image_size", "concat_behaviors"):
             need(getattr(typed, key) >= 1, key, "must be at least 1")
-        for key in ("lr", "sparse_lr", "image_lr", "init_scale"):
+        for key in ("lr", "sparse_lr", "image_lr", "backbone_lr_scale", "init_scale"):
             need(getattr(typed, key) > 0, key, "must be positive")
         need(0 < typed.lr_decay <= 1, "lr_decay", "must be in (0, 1]")
         need(typed.max_steps is None or typed.max_steps >= 1, "max_steps", "must be at least 1")

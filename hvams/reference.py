@@ -80,7 +80,9 @@ class OneProcess:
             self.image_model = self.embedder.model
             self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size,
                                       device=rt.device)
-            self.image_opt = torch.optim.Adam(self.image_model.trainable_parameters(), lr=cfg.image_lr)
+            groups = self.image_model.param_groups(cfg.image_lr, cfg.backbone_lr_scale)
+            self.image_lrs = [g["base_lr"] for g in groups]
+            self.image_opt = torch.optim.Adam(groups)
         params = list(self.tables.parameters())
         if cfg.sparse_optimizer == "adagrad":
             self.sparse_opt = torch.optim.Adagrad(params, lr=cfg.sparse_lr, eps=1e-10)
@@ -118,8 +120,8 @@ class OneProcess:
             for g in self.sparse_opt.param_groups:
                 g["lr"] = self.cfg.sparse_lr * scale
             if self.image_model is not None:
-                for g in self.image_opt.param_groups:
-                    g["lr"] = self.cfg.image_lr * scale
+                for g, lr in zip(self.image_opt.param_groups, self.image_lrs):
+                    g["lr"] = lr * scale
                 self.image_opt.zero_grad()
             with self.rt.compute():
                 logits = self.model(self.inputs(b))

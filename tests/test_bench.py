@@ -240,3 +240,28 @@ def test_bench_shard_measures_each_size_against_its_bound(tmp_path):
     assert chart.read_bytes().startswith(PNG)
     bad = bench("shard", "--rows", "12x", "--out", out)
     assert bad.returncode == 2 and "'12x' is not a row count" in bad.output
+
+
+def test_backbone_rows_get_a_mean_minus_std_target_and_the_split_names_its_row():
+    from hvams.bench.quality import MODELS, breakdown, format_quality, quality_table, targets
+
+    assert MODELS["dicm scratch"][2] == {"backbone_weights": None, "freeze_backbone": False}
+    assert MODELS["dicm frozen"][2]["freeze_backbone"] and not MODELS["dicm tuned"][2]["freeze_backbone"]
+
+    def run(*aucs):
+        return {s: {"final": {"auc": a, "gauc": a, "new_ad_auc": a, "oracle_auc": 0.8}}
+                for s, a in enumerate(aucs)}
+
+    runs = {"idonly": run(0.70, 0.70, 0.70), "dicm frozen": run(0.718, 0.717, 0.719),
+            "dicm tuned": run(0.719, 0.712, 0.719), "true-attr": run(0.72, 0.72, 0.72)}
+    table = quality_table(runs, [0, 1, 2])
+    t = targets(table)
+    frozen = t["dicm_frozen_reading_efficiency_80pct_mean_minus_std"]
+    assert frozen["value"] == pytest.approx(0.9 - 0.05) and frozen["holds"]
+    tuned = t["dicm_tuned_reading_efficiency_80pct_mean_minus_std"]  # 0.95, 0.6, 0.95
+    assert tuned["value"] < 0.8 and not tuned["holds"]
+    b = breakdown(table)  # no "dicm mqap" row: the split is the frozen row's
+    assert b["reader"] == "dicm frozen"
+    assert b["ceiling_closes"] == pytest.approx(0.2) and b["image_half"] == pytest.approx(0.02)
+    md = format_quality({"table": table, "seeds": [0, 1, 2], "targets": t})
+    assert "dicm frozen closes 18.0%" in md

@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["images", "ingest"], ["images", "verify"],
+COMMANDS = [["info"], ["smoke"], ["data", "synth"], ["data", "posters"], ["data", "mosaic"], ["images", "ingest"], ["images", "verify"],
             ["images", "stats"], ["train"], ["export"], ["predict"], ["serve"], ["bench", "comm"],
             ["bench", "speed"], ["bench", "quality"], ["bench", "peer"], ["bench", "network"], ["bench", "lifecycle"], ["bench", "shard"], ["bench", "serve"],
             ["images", "place"]]

@@ -98,6 +98,17 @@ def test_init_from_on_another_server_count_and_a_mismatch(tiny_world, tmp_path):
                     model="din", emb_dim=8)
     assert bad.returncode == 2, bad.output[-2000:]
     assert "emb_dim 12, this run has emb_dim 8" in bad.output and "Traceback" not in bad.output
+    from hvams.config import ConfigError, TrainConfig
+    from hvams.data.schema import Schema
+    from hvams.train.restore import check_init
+
+    schema = Schema.load(tiny_world)
+    ok = TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"), backbone_lr_scale=0.5,
+                     **keys)
+    check_init(ok, schema)  # no backbone: its learning-rate scale does not matter
+    with pytest.raises(ConfigError, match="image_products False, this run has image_products True"):
+        check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
+                               image_products=True, **keys), schema)
 
 
 def _users(world, day):

@@ -237,3 +237,31 @@ def test_bf16_equals_reference_within_bf16_bounds(tiny_world, tmp_path, device):
 
 def ckpt_image_state(out):
     return torch.load(sorted(out.glob("ckpt-*"))[-1] / "image.pt", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("strategy", ["ams", "store-in-worker"])
+def test_fine_tuning_scale_and_image_products_equal_reference(tiny_world, tmp_path, strategy):
+    """A trainable backbone at a tenth of the head's learning rate (its own Adam group: on
+    the servers under AMS, on the workers with store-in-worker) and the tower's image
+    products train the same distributed as in one process; a reference without the scale
+    does not match (the option takes effect where the image model trains)."""
+    out = tmp_path / "run"
+    extra = {"aggregator": "mqap", "strategy": strategy, "precision": "fp64",
+             "backbone_lr_scale": 0.1, "image_products": True}
+    res = run_mpi(4, train_args(tiny_world, out, 2, "dicm", batch=32, steps=IMG_STEPS, **extra),
+                  timeout=300)
+    assert res.returncode == 0, res.output[-4000:]
+    summary, dense, tables = _dist_state(out)
+    cfg = TrainConfig(data=str(tiny_world), max_steps=IMG_STEPS, model="dicm", batch_size=32,
+                      **extra)
+    ref = compare(cfg, 2, IMG_STEPS, summary, dense, tables)
+    state = ckpt_image_state(out) if strategy == "ams" else dense["image_model"]
+    for name, value in ref.image_model.state_dict().items():
+        close(state[name].numpy(), value.cpu().numpy(), "image_model." + name, "fp64")
+    cfg.backbone_lr_scale = 1.0
+    ref = Reference(cfg, Schema.load(tiny_world), global_batches(cfg, Schema.load(tiny_world),
+                                                                 2, IMG_STEPS))
+    ref.train()
+    with pytest.raises(AssertionError):
+        for name, value in ref.image_model.state_dict().items():
+            close(state[name].numpy(), value.cpu().numpy(), "image_model." + name, "fp64")

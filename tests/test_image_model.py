@@ -88,3 +88,43 @@ def test_frozen_features_skip_decoding_cached_keys(tiny_world):
     pixels, valid = ImageSource(store, 32).load(keys)
     assert valid.tolist() == [True] * 40 + [False]
     assert torch.allclose(PixelEmbedder(model).embed(keys, pixels, valid), first, atol=1e-6)
+
+
+def test_a_trainable_backbone_gets_its_own_scaled_group():
+    m = ImageEmbedder("small-cnn", frozen=False)
+    (one,) = m.param_groups(1e-3)  # scale 1: one group, as before the option existed
+    assert one["params"] == m.trainable_parameters() and one["base_lr"] == 1e-3
+    body, rest = m.param_groups(1e-3, 0.1)
+    assert body["lr"] == body["base_lr"] == pytest.approx(1e-4) and rest["lr"] == 1e-3
+    assert {id(p) for p in body["params"]} == {id(p) for p in m.backbone.parameters()}
+    assert sorted(map(id, body["params"] + rest["params"])) == \
+        sorted(map(id, m.trainable_parameters()))
+    frozen = ImageEmbedder("small-cnn", frozen=True)
+    (only,) = frozen.param_groups(1e-3, 0.1)  # nothing of the backbone trains
+    assert only["params"] == frozen.trainable_parameters()
+
+
+def test_image_products_start_unweighted_and_learn(tiny_world):
+    """With ``image_products`` the tower's first layer starts at zero on the products
+    (the model at init is the paper's, whatever they hold), and they get gradients."""
+    from hvams.data.schema import Schema
+    from hvams.models import build_model
+    from hvams.models.inputs import Inputs
+
+    schema = Schema.load(tiny_world)
+    cfg = TrainConfig(data=str(tiny_world), model="dicm", image_products=True)
+    model = build_model(cfg, schema)
+    plain = build_model(TrainConfig(data=str(tiny_world), model="dicm"), schema)
+    extra = model.agg.out_dim
+    first = model.tower[0].weight
+    assert first.shape[1] == plain.tower[0].weight.shape[1] + extra
+    assert torch.equal(first[:, -extra:], torch.zeros_like(first[:, -extra:]))
+    n, m, d = 4, 10, cfg.emb_dim
+    g = torch.Generator().manual_seed(0)
+    single = {f.name: torch.randn(n, d, generator=g) for f in schema.fields
+              if (f.is_id and not f.is_list) or f.name == schema.ad_image}
+    lists = {f.name: torch.randn(m, d, generator=g) for f in schema.fields if f.is_list}
+    lengths = torch.tensor([1, 2, 3, 4])
+    inp = Inputs(n, single, lists, torch.repeat_interleave(torch.arange(n), lengths), lengths)
+    model(inp).sum().backward()
+    assert first.grad[:, -extra:].abs().sum() > 0

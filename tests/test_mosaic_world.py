@@ -15,6 +15,7 @@ from hvams.models.attributes import TrueAttributes, attributes_of
 from hvams.store.decode import decode_rgb
 from hvams.store.errors import MissingImageError
 from hvams.store.lmdb_store import ImageStore
+from mpi_harness import metrics_of, train_ok
 
 SMALL = dict(shoppers=400, listings=400, sellers=20, samples_per_day=3000)
 
@@ -118,3 +119,23 @@ def test_bad_preset_and_values_are_named():
         mosaic_preset("mosaic", listings=0)
     with pytest.raises(ValueError, match="broken_frac \\+ absent_frac"):
         mosaic_preset("mosaic", broken_frac=0.4, absent_frac=0.2)
+
+
+def test_on_tiny_data_its_images_carry_signal_that_dicm_learns(tmp_path):
+    """Direction on the ``mosaic-tiny`` preset: DICM whose image embedding is learned from the
+    images' true factors (the image path's ceiling, with the tower's image products) beats
+    ID-only. Measured over seeds 0-2: AUC +0.011 to +0.017, GAUC about +0.024. (A backbone
+    pretrained on this tiny store gains only about +0.002 here: reading needs the full world.)"""
+    world = tmp_path / "w"
+    synthesize_mosaic(world, mosaic_preset("mosaic-tiny"), log=lambda m: None)
+    final = {}
+    for model, extra in (("idonly", {}), ("dicm", {"backbone": "true-attributes",
+                                                    "freeze_backbone": True,
+                                                    "image_products": True})):
+        train_ok(4, world, tmp_path / model, servers=2, model=model, batch_size=128,
+                 timeout=300, **extra)
+        final[model] = metrics_of(tmp_path / model)[-1]
+    dicm, ids = final["dicm"], final["idonly"]
+    assert dicm["auc"] > ids["auc"] + 0.005, (dicm, ids)
+    assert dicm["gauc"] > ids["gauc"] + 0.01, (dicm, ids)
+    assert dicm["auc"] < dicm["oracle_auc"]

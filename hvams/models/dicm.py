@@ -8,6 +8,10 @@ channel. Behavior image embeddings are aggregated by one of:
 ``attentive``  one attentive channel, query = ad image embedding
 ``sum``/``max`` pooling
 ``concat``     the newest L behaviors side by side, zero-padded
+
+With ``products`` the tower also gets ``ad_image * channel`` for each pooled
+channel of ``dim`` floats: how well the candidate's image matches what the user
+looked at, as a product the tower's first layer weighs directly.
 """
 from __future__ import annotations
 
@@ -58,17 +62,26 @@ class DICM(nn.Module):
     """ID part (``idonly`` or ``din``) + ad image + aggregated behavior images -> MLP."""
 
     def __init__(self, schema: Schema, dim: int, hidden: list[int], attention: list[int],
-                 aggregator: str = "mqap", concat_len: int = 10, id_part: str = "idonly"):
+                 aggregator: str = "mqap", concat_len: int = 10, id_part: str = "idonly",
+                 products: bool = False):
         super().__init__()
         self.ids = (DIN(schema, dim, hidden, attention) if id_part == "din"
                     else IdOnly(schema, dim, hidden))
         del self.ids.tower  # the ID part only supplies features
         self.ad_image, self.beh_image, self.ad_id = schema.ad_image, schema.behavior_image, schema.ad_id
         self.agg = BehaviorImageAggregator(aggregator, dim, attention, concat_len)
-        self.tower = mlp(self.ids.feature_dim + dim + self.agg.out_dim, hidden, 2)
+        self.products = products
+        extra = self.agg.out_dim if products else 0
+        self.tower = mlp(self.ids.feature_dim + dim + self.agg.out_dim + extra, hidden, 2)
+        if extra:  # the products start unweighted: at init the model is the paper's
+            with torch.no_grad():
+                self.tower[0].weight[:, -extra:] = 0
 
     def forward(self, inp: Inputs) -> torch.Tensor:
         ad_img = inp.single[self.ad_image]
         pooled = self.agg(ad_img, inp.single[self.ad_id], inp.lists[self.beh_image], inp.segment,
                           inp.lengths, inp.n)
-        return self.tower(torch.cat(self.ids.features(inp) + [ad_img, pooled], dim=1))
+        feats = self.ids.features(inp) + [ad_img, pooled]
+        if self.products:
+            feats.append(pooled * ad_img.repeat(1, pooled.shape[1] // ad_img.shape[1]))
+        return self.tower(torch.cat(feats, dim=1))

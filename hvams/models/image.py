@@ -131,6 +131,19 @@ class ImageEmbedder(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         return [p for p in self.parameters() if p.requires_grad]
 
+    def param_groups(self, lr: float, backbone_scale: float = 1.0) -> list[dict]:
+        """Optimizer groups with their ``base_lr``: one group, or, for a trainable backbone
+        at ``lr * backbone_scale`` (fine-tuning pretrained weights gently), the backbone's
+        own group first and then the head and the missing row."""
+        params = self.trainable_parameters()
+        if self.frozen or backbone_scale == 1.0:
+            return [{"params": params, "lr": lr, "base_lr": lr}]
+        own = {id(p) for p in self.backbone.parameters()}
+        rest = [p for p in params if id(p) not in own]
+        body = [p for p in params if id(p) in own]
+        return [{"params": body, "lr": lr * backbone_scale, "base_lr": lr * backbone_scale},
+                {"params": rest, "lr": lr, "base_lr": lr}]
+
 
 def feature_dim_of(cfg) -> int:
     """Backbone output width of ``cfg`` (true-attributes: its truth table's one-hot width)."""

@@ -22,4 +22,4 @@ def build_model(cfg: TrainConfig, schema: Schema) -> nn.Module:
 
     id_part = "din" if cfg.model == "din+img" else "idonly"
     return DICM(schema, cfg.emb_dim, cfg.mlp, cfg.attention, cfg.aggregator, cfg.concat_behaviors,
-                id_part)
+                id_part, cfg.image_products)

@@ -106,7 +106,8 @@ EXPORT_FORMAT = "hvams-export/2"
 DELTA_FORMAT = "hvams-export-delta/1"
 FORMATS = (EXPORT_FORMAT, DELTA_FORMAT)
 # The config keys that decide the worker model's class and shapes (hvams.models.build_model).
-MODEL_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors", "seed")
+MODEL_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors",
+              "image_products", "seed")
 
 
 def _check_since(since: Path, out: Path) -> None:

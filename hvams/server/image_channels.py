@@ -24,13 +24,15 @@ from ..protocol.timing import stage
 
 class AmsImageChannel:
     def __init__(self, spec: ChannelSpec, source: ImageSource, embedder: PixelEmbedder, topo,
-                 counter, lr: float, compression: Compression = Compression.NONE):
+                 counter, lr: float, compression: Compression = Compression.NONE,
+                 backbone_lr_scale: float = 1.0):
         self.spec, self.source, self.embedder, self.topo, self.counter = spec, source, embedder, topo, counter
         self.compression = Compression(compression)
         self.trained_model = embedder.model  # the shared image model trains here
         self.params = embedder.model.trainable_parameters()
-        self.opt = torch.optim.Adam(self.params, lr=lr)
-        self.lr = lr
+        groups = embedder.model.param_groups(lr, backbone_lr_scale)
+        self.base_lrs = [g["base_lr"] for g in groups]  # this run's, also after a restore
+        self.opt = torch.optim.Adam(groups)
         self._out = None
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
@@ -64,8 +66,8 @@ class AmsImageChannel:
                                               compression=self.compression.horovod())
         for p, g in zip(self.params, grads):
             p.grad = g
-        for group in self.opt.param_groups:
-            group["lr"] = self.lr * lr_scale
+        for group, lr in zip(self.opt.param_groups, self.base_lrs):
+            group["lr"] = lr * lr_scale
         with stage("image_compute"):
             self.opt.step()
         self.opt.zero_grad(set_to_none=True)

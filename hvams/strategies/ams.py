@@ -24,7 +24,8 @@ class Ams(NoImages):
     def server_channel(self, spec, rt, topo, counter):
         source = image_source(self.cfg, rt, topo.role_rank, topo.num_servers)
         return AmsImageChannel(spec, source, image_embedder(self.cfg, rt), topo, counter,
-                               self.cfg.image_lr, self.cfg.allreduce_compression)
+                               self.cfg.image_lr, self.cfg.allreduce_compression,
+                               self.cfg.backbone_lr_scale)
 
     def server_state(self, channel):
         return {IMAGE_FILE: channel.state()}

@@ -104,7 +104,8 @@ def init_source(path: str | Path, verify: bool = True) -> Path:
 # Settings that decide the shapes of what a checkpoint holds: a run continues only with the
 # same ones. Others (learning rates, days, server and worker counts, row policies) may change.
 INIT_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors",
-             "backbone", "head", "freeze_backbone", "strategy", "sparse_optimizer")
+             "image_products", "backbone", "head", "freeze_backbone", "strategy",
+             "sparse_optimizer")
 
 
 def check_init(cfg: TrainConfig, schema) -> Path:
@@ -121,6 +122,13 @@ def check_init(cfg: TrainConfig, schema) -> Path:
             raise ConfigError(f"config key 'init_from': {d} was trained with {key} "
                               f"{theirs[key]!r}, this run has {key} {ours[key]!r}; a model "
                               f"continues only with the same {key}")
+    split = [c["backbone_lr_scale"] != 1.0 for c in (theirs, ours)]
+    trains = cfg.uses_images and not cfg.freeze_backbone and cfg.backbone != "true-attributes"
+    if trains and split[0] != split[1]:  # its optimizer has one group or two
+        raise ConfigError(f"config key 'init_from': {d} was trained with backbone_lr_scale "
+                          f"{theirs['backbone_lr_scale']!r}, this run has "
+                          f"{ours['backbone_lr_scale']!r}; a trainable backbone continues with "
+                          "a scale of 1 on both sides or on neither (its optimizer's groups)")
     if saved.precision_dtype != wire_dtype(cfg.precision):
         raise ConfigError(f"config key 'init_from': {d} holds {saved.precision_dtype} rows, "
                           f"this run's precision {cfg.precision!r} keeps "

@@ -61,8 +61,7 @@ class WorkerTrainer:
         named = list(model.named_parameters())
         if self.images is not None:
             # Same Adam and lr as the servers' image model under AMS.
-            groups.append({"params": self.images.parameters(), "lr": cfg.image_lr,
-                           "base_lr": cfg.image_lr})
+            groups += self.images.model.param_groups(cfg.image_lr, cfg.backbone_lr_scale)
             named += [(f"image_model.{n}", p) for n, p in self.images.model.named_parameters()
                       if p.requires_grad]
         self.params = [p for g in groups for p in g["params"]]
