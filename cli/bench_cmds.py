@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hvams.bench.quality import MODELS as QUALITY_MODELS
+from hvams.bench.quality import DEFAULT_MODELS as QUALITY_DEFAULT
 
 from .common import CliError, choice, options
 
@@ -179,8 +179,9 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
 @bench.command()
 @_common
 @click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated training seeds.")
-@click.option("--models", default=",".join(QUALITY_MODELS), show_default=True,
-              help="Comma-separated models (dicm with its aggregator).")
+@click.option("--models", default=",".join(QUALITY_DEFAULT), show_default=True,
+              help="Comma-separated models (dicm with its aggregator; also dicm scratch, dicm "
+                   "frozen, dicm tuned: the ways to a backbone).")
 @click.option("--epochs", type=int)
 @click.option("--train-days", help="Comma-separated day directories to train on (default: world.json's).")
 @click.option("--eval-every", type=int, help="Steps between test evaluations (the AUC curve).")
@@ -190,10 +191,14 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
               help="Keep finished runs of the same config in OUT (resume an interrupted bench).")
 @click.option("--freeze-backbone/--train-backbone", default=True, show_default=True,
               help="Train the image models' backbone end to end, or keep it fixed (the paper).")
+@click.option("--image-products/--no-image-products", default=None,
+              help="DICM's tower also gets ad image x pooled channels (config image_products).")
+@click.option("--backbone-lr-scale", type=float,
+              help="A trainable backbone learns at image_lr times this (the dicm tuned row).")
 @click.option("--chart", type=click.Path(dir_okay=False),
               help="Write the AUC-over-training chart (PNG) here.")
 def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_seeds, reuse,
-            freeze_backbone, chart, timeout, **opts):
+            freeze_backbone, image_products, backbone_lr_scale, chart, timeout, **opts):
     """Test AUC, GAUC and new-ad AUC of every model over seeds (paper Tables 3, 4, 6).
 
     \b
@@ -207,7 +212,12 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
     _known(names, list(MODELS), "model")
     seed_list = _seeds(seeds)
     cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=freeze_backbone,
+                image_products=image_products, backbone_lr_scale=backbone_lr_scale,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
+    if "dicm tuned" in names and not cfg.backbone_weights:
+        raise click.BadParameter("the dicm tuned row fine-tunes given weights: pass "
+                                 "--backbone-weights (without them it is dicm scratch)",
+                                 param_hint="--models")
     out = Path(out or "runs/bench/quality")
     ranks = ranks or 4
     result = run_quality(cfg, ranks, seed_list, names, out, timeout, curve_seeds, reuse)

@@ -265,3 +265,15 @@ def test_backbone_rows_get_a_mean_minus_std_target_and_the_split_names_its_row()
     assert b["ceiling_closes"] == pytest.approx(0.2) and b["image_half"] == pytest.approx(0.02)
     md = format_quality({"table": table, "seeds": [0, 1, 2], "targets": t})
     assert "dicm frozen closes 18.0%" in md
+
+
+def test_bench_quality_refuses_a_tuned_row_without_weights(tmp_path):
+    from hvams.data.mosaic import mosaic_preset, synthesize_mosaic
+
+    world = tmp_path / "w"
+    synthesize_mosaic(world, mosaic_preset("mosaic-tiny", shoppers=50, listings=40, sellers=4,
+                                           samples_per_day=200), log=lambda m: None)
+    res = bench("quality", "--data", world, "--models", "idonly,dicm tuned", "--out",
+                tmp_path / "q", timeout=60)
+    assert res.returncode == 2 and "dicm tuned" in res.output and "--backbone-weights" in res.output
+    assert "Traceback" not in res.output

@@ -106,9 +106,11 @@ def test_init_from_on_another_server_count_and_a_mismatch(tiny_world, tmp_path):
     ok = TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"), backbone_lr_scale=0.5,
                      **keys)
     check_init(ok, schema)  # no backbone: its learning-rate scale does not matter
-    with pytest.raises(ConfigError, match="image_products False, this run has image_products True"):
-        check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
-                               image_products=True, **keys), schema)
+    check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
+                           image_products=True, **keys), schema)  # nor a tower it lacks
+    with pytest.raises(ConfigError, match="mlp \\[200, 80\\], this run has mlp \\[64\\]"):
+        check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"), mlp=[64],
+                               **keys), schema)
 
 
 def _users(world, day):

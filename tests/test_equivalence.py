@@ -239,10 +239,10 @@ def ckpt_image_state(out):
     return torch.load(sorted(out.glob("ckpt-*"))[-1] / "image.pt", weights_only=False)["model"]
 
 
-@pytest.mark.parametrize("strategy", ["ams", "store-in-worker"])
+@pytest.mark.parametrize("strategy", ["ams", "store-in-server", "store-in-worker"])
 def test_fine_tuning_scale_and_image_products_equal_reference(tiny_world, tmp_path, strategy):
     """A trainable backbone at a tenth of the head's learning rate (its own Adam group: on
-    the servers under AMS, on the workers with store-in-worker) and the tower's image
+    the servers under AMS, on the workers otherwise) and the tower's image
     products train the same distributed as in one process; a reference without the scale
     does not match (the option takes effect where the image model trains)."""
     out = tmp_path / "run"

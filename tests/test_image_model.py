@@ -105,8 +105,9 @@ def test_a_trainable_backbone_gets_its_own_scaled_group():
 
 
 def test_image_products_start_unweighted_and_learn(tiny_world):
-    """With ``image_products`` the tower's first layer starts at zero on the products
-    (the model at init is the paper's, whatever they hold), and they get gradients."""
+    """With ``image_products`` the tower's first layer starts at zero on the products and
+    every other weight is the paper model's (same seed), so at init it is the paper's
+    model whatever the products hold; they get gradients."""
     from hvams.data.schema import Schema
     from hvams.models import build_model
     from hvams.models.inputs import Inputs
@@ -119,6 +120,11 @@ def test_image_products_start_unweighted_and_learn(tiny_world):
     first = model.tower[0].weight
     assert first.shape[1] == plain.tower[0].weight.shape[1] + extra
     assert torch.equal(first[:, -extra:], torch.zeros_like(first[:, -extra:]))
+    # every weight of the paper's model, seeded alike, is there unchanged
+    wide = dict(model.state_dict())
+    for name, value in plain.state_dict().items():
+        got = wide[name][:, :value.shape[1]] if name == "tower.0.weight" else wide[name]
+        assert torch.equal(got, value), name
     n, m, d = 4, 10, cfg.emb_dim
     g = torch.Generator().manual_seed(0)
     single = {f.name: torch.randn(n, d, generator=g) for f in schema.fields

@@ -27,3 +27,23 @@ def test_resume_is_bit_exact(tiny_world, tmp_path):
     mid = straight / f"ckpt-{N:08d}"
     assert is_complete(mid) and load_manifest(mid)["position"]["step"] == N
     assert set(load_manifest(mid)["files"]) == {"dense.pt", "server-0.npz", "server-1.npz"}
+
+
+def test_a_backbone_scale_moved_from_1_is_refused_naming_it(tiny_world, tmp_path):
+    """A trainable backbone has its own optimizer group exactly when backbone_lr_scale is not
+    1: a resume (servers and workers load the saved optimizers) and an init_from (checked
+    before start) that move it from 1 both stop with the key named, no traceback. Another
+    non-1 scale continues."""
+    from mpi_harness import run_train
+
+    keys = dict(servers=2, model="dicm", batch_size=16, timeout=240)
+    run = tmp_path / "run"
+    train_ok(4, tiny_world, run, max_steps=2, backbone_lr_scale=0.5, **keys)
+    ok, _ = train_ok(4, tiny_world, run, max_steps=3, backbone_lr_scale=0.25, resume=True, **keys)
+    assert ok["steps"] == 1
+    for how in ({"resume": True, "out": run}, {"init_from": run, "out": tmp_path / "next"}):
+        out = how.pop("out")
+        bad = run_train(4, tiny_world, out, max_steps=4, backbone_lr_scale=1.0, **how, **keys)
+        assert bad.returncode == 2, bad.output[-3000:]
+        assert "backbone_lr_scale" in bad.output and "Traceback" not in bad.output, \
+            bad.output[-3000:]

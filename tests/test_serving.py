@@ -111,3 +111,14 @@ def test_arriving_images_are_decoded_in_groups_bounded_by_their_pixels():
     many = list(_groups([png(64, 64)] * 600))   # 600 x 4096 px: more than one group
     assert many[0] == (0, GROUP_PIXELS // 4096) and many[-1][1] == 600
     assert all(a == b for (_, a), (b, _) in zip(many, many[1:]))
+
+
+def test_the_manifest_names_image_products_only_where_it_is_used():
+    """An export written without --image-products stays readable by an hvams from before
+    the option; one with it rebuilds the wider tower."""
+    from hvams.config import TrainConfig
+    from hvams.serve.export import MODEL_KEYS, model_config
+
+    plain = model_config(TrainConfig(model="dicm"))
+    assert "image_products" not in plain and set(plain) == set(MODEL_KEYS) - {"image_products"}
+    assert model_config(TrainConfig(model="dicm", image_products=True))["image_products"] is True

@@ -34,6 +34,9 @@ MODELS = {"idonly": ("idonly", "mqap", {}), "din": ("din", "mqap", {}),
           "dicm scratch": ("dicm", "mqap", {"backbone_weights": None, "freeze_backbone": False}),
           "dicm frozen": ("dicm", "mqap", {"freeze_backbone": True}),
           "dicm tuned": ("dicm", "mqap", {"freeze_backbone": False})}
+# What `hvams bench quality` runs unless --models says otherwise (the paper's tables).
+DEFAULT_MODELS = ("idonly", "din", "dicm mqap", "dicm attentive", "dicm sum", "dicm max",
+                  "dicm concat", "din+img", "true-attr")
 # The image rows the gap's split into reading and learning is given for, in this order.
 READERS = ("dicm mqap", "dicm frozen", "dicm tuned", "dicm scratch")
 CEILING = "true-attr"
@@ -73,7 +76,8 @@ def run_quality(base: TrainConfig, ranks: int, seeds: list[int], models: list[st
                                 "workers": job["summary"]["workers"]}
     result = {"runs": runs, "seeds": seeds, "models": models, "config": {
         k: getattr(base, k) for k in ("data", "batch_size", "epochs", "train_days", "backbone",
-                                     "backbone_weights", "freeze_backbone", "eval_every", "lr")}}
+                                     "backbone_weights", "freeze_backbone", "eval_every", "lr",
+                                     "image_lr", "backbone_lr_scale", "image_products")}}
     any_run = next(iter(runs["idonly"].values()))
     result["machine"] = label(any_run["servers"], any_run["workers"])
     result["table"] = quality_table(runs, seeds)

@@ -71,11 +71,15 @@ class DICM(nn.Module):
         self.ad_image, self.beh_image, self.ad_id = schema.ad_image, schema.behavior_image, schema.ad_id
         self.agg = BehaviorImageAggregator(aggregator, dim, attention, concat_len)
         self.products = products
-        extra = self.agg.out_dim if products else 0
-        self.tower = mlp(self.ids.feature_dim + dim + self.agg.out_dim + extra, hidden, 2)
-        if extra:  # the products start unweighted: at init the model is the paper's
+        self.tower = mlp(self.ids.feature_dim + dim + self.agg.out_dim, hidden, 2)
+        if products:  # the paper's tower, widened by zero columns: at init it is the paper's
+            first, extra = self.tower[0], self.agg.out_dim
+            wide = nn.Linear(first.in_features + extra, first.out_features)
             with torch.no_grad():
-                self.tower[0].weight[:, -extra:] = 0
+                wide.weight.zero_()
+                wide.weight[:, :first.in_features] = first.weight
+                wide.bias.copy_(first.bias)
+            self.tower[0] = wide
 
     def forward(self, inp: Inputs) -> torch.Tensor:
         ad_img = inp.single[self.ad_image]

@@ -108,6 +108,15 @@ FORMATS = (EXPORT_FORMAT, DELTA_FORMAT)
 # The config keys that decide the worker model's class and shapes (hvams.models.build_model).
 MODEL_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors",
               "image_products", "seed")
+# Keys newer than the export format, written only when not at their default, so that an
+# older hvams still reads an export that does not use them.
+OPTIONAL_MODEL_KEYS = {"image_products": False}
+
+
+def model_config(cfg) -> dict:
+    """The manifest's ``model_config``: MODEL_KEYS, less optional ones at their default."""
+    return {k: getattr(cfg, k) for k in MODEL_KEYS
+            if OPTIONAL_MODEL_KEYS.get(k, object()) != getattr(cfg, k)}
 
 
 def _check_since(since: Path, out: Path) -> None:
@@ -168,7 +177,7 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2,
                 "model": cfg.model, "strategy": cfg.strategy, "emb_dim": cfg.emb_dim,
                 "seed": cfg.seed, "init_scale": cfg.init_scale, "single_fields": single,
                 "list_fields": lists, "uses_images": cfg.uses_images, "image_counts": counts,
-                "model_config": {k: getattr(cfg, k) for k in MODEL_KEYS}, "files": files,
+                "model_config": model_config(cfg), "files": files,
                 "image_model": image_model_manifest(cfg) if cfg.uses_images else None, **delta}
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return manifest

@@ -76,7 +76,10 @@ class AmsImageChannel:
         return {"model": self.embedder.model.state_dict(), "optimizer": self.opt.state_dict()}
 
     def load(self, state: dict) -> None:
+        from ..train.restore import check_groups
+
         self.embedder.model.load_state_dict(state["model"])
+        check_groups(state["optimizer"], self.opt, "the image model's checkpoint")
         self.opt.load_state_dict(state["optimizer"])
 
     def stats(self) -> dict:

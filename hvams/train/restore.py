@@ -108,6 +108,17 @@ INIT_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behav
              "sparse_optimizer")
 
 
+def check_groups(saved: dict, opt, where) -> None:
+    """A ConfigError naming ``backbone_lr_scale`` where a saved optimizer state has another
+    number of parameter groups than ``opt`` (a trainable backbone has its own group exactly
+    when the scale is not 1)."""
+    theirs, ours = len(saved["param_groups"]), len(opt.param_groups)
+    if theirs != ours:
+        raise ConfigError(f"config key 'backbone_lr_scale': the optimizer state in {where} has "
+                          f"{theirs} parameter group(s), this run's has {ours}; a trainable "
+                          "backbone continues with a scale of 1 on both sides or on neither")
+
+
 def check_init(cfg: TrainConfig, schema) -> Path:
     """The checkpoint ``cfg.init_from`` names, after checking it can be continued: a
     ConfigError naming the setting and both values where not."""
@@ -117,6 +128,8 @@ def check_init(cfg: TrainConfig, schema) -> Path:
     keys = INIT_KEYS
     if theirs.get("id_admission_min_count", 0) > 1 or theirs.get("id_admission_by_table"):
         keys += ("admission_sketch_width", "admission_sketch_depth")  # sketches it saved
+    if not cfg.uses_images:
+        keys = tuple(k for k in keys if k != "image_products")  # no tower input to change
     for key in keys:
         if theirs.get(key) != ours[key]:
             raise ConfigError(f"config key 'init_from': {d} was trained with {key} "
@@ -248,13 +261,14 @@ def restore_worker(job, trainer):
         state = ckpt.load_torch(start.state / "dense.pt", job.rt.device)
         trainer.model.load_state_dict(state["model"])
         job.strategy.restore_worker(trainer.images, state)
+        check_groups(state["optimizer"], trainer.opt, start.state)
         trainer.opt.load_state_dict(state["optimizer"])
         saved = Position(**state["position"])
+        for group, lr in zip(trainer.opt.param_groups, trainer.base_lrs):
+            group["base_lr"] = lr  # this run's learning rates (the servers' come from cfg too)
     if start.init is not None:  # the model's step goes on; this run's days start afresh
         pos = Position(step=saved.step, workers=topo.num_workers, batch_size=cfg.batch_size,
                        run_start=saved.step)
-        for group, lr in zip(trainer.opt.param_groups, trainer.base_lrs):
-            group["base_lr"] = lr  # this run's learning rates (the servers' come from cfg too)
     elif start.resume is not None:
         days = job.train_days
         pos = resplit(saved, cfg, topo.num_workers, days[min(saved.day, len(days) - 1)])
