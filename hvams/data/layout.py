@@ -1,5 +1,6 @@
-"""What every world generator writes the same way: a fresh output directory and the
-behavior list columns (one offsets array shared by all of a row's lists)."""
+"""What every world generator writes the same way: a fresh output directory, the behavior
+list columns (one offsets array shared by all of a row's lists), and the days of a world
+that fits one Parquet file a day."""
 from __future__ import annotations
 
 import shutil
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 
 def fresh_dir(out: str | Path, overwrite: bool) -> Path:
@@ -33,3 +35,18 @@ class Lists:
 
     def column(self, values: np.ndarray) -> pa.ListArray:
         return pa.ListArray.from_arrays(self._off32, pa.array(values))
+
+
+def write_days(out: Path, impressions, train_days: int, n: int, label: str
+               ) -> tuple[dict, pa.Table]:
+    """``day=00`` .. ``day=<train_days>`` under ``out``, one Parquet file each, from
+    ``impressions(day, n, test)`` (the last day is the test day); the samples and clicks
+    (column ``label``) written, and the test day's table."""
+    stats = {"samples": 0, "clicks": 0}
+    for day in range(train_days + 1):
+        table = impressions(day, n, day == train_days)
+        (out / f"day={day:02d}").mkdir()
+        pq.write_table(table, out / f"day={day:02d}" / "part-00000.parquet", row_group_size=4096)
+        stats["samples"] += table.num_rows
+        stats["clicks"] += int(np.asarray(table[label]).sum())
+    return stats, table

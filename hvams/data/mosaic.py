@@ -39,7 +39,8 @@ from PIL import Image
 
 from ..keys import image_key_id
 from ..metrics import auc, gauc
-from .layout import Lists, fresh_dir
+from ..models.attributes import write_truth
+from .layout import Lists, fresh_dir, write_days
 from .schema import Field, Schema
 
 LAYOUTS = ("checker", "frame", "cross", "band")
@@ -325,28 +326,18 @@ def synthesize_mosaic(out: str | Path, cfg: MosaicConfig, overwrite: bool = Fals
                      num_partitions=cfg.partitions, check=True, progress=False)
     log(f"mosaic: drew {cfg.listings - int(world.absent.sum())} images, the store took "
         f"{summary['stored']} ({summary['rejected']} rejected)")
-    stats = {"samples": 0, "clicks": 0}
-    for day in range(cfg.train_days + 1):
-        test = day == cfg.train_days
-        table = world.impressions(day, cfg.samples_per_day, test)
-        (out / f"day={day:02d}").mkdir()
-        pq.write_table(table, out / f"day={day:02d}" / "part-00000.parquet", row_group_size=4096)
-        stats["samples"] += table.num_rows
-        stats["clicks"] += int(np.asarray(table["click"]).sum())
-        if test:
-            y, p = np.asarray(table["click"]), np.asarray(table["p"])
-            who, what = np.asarray(table["shopper"]), np.asarray(table["listing"])
-            fresh = np.asarray(table["is_fresh"]).astype(bool)
-            visual = world.visual(who, what)
-    (out / "truth").mkdir()
+    stats, test = write_days(out, world.impressions, cfg.train_days, cfg.samples_per_day, "click")
+    y, p = np.asarray(test["click"]), np.asarray(test["p"])
+    who, what = np.asarray(test["shopper"]), np.asarray(test["listing"])
+    fresh = np.asarray(test["is_fresh"]).astype(bool)
+    visual = world.visual(who, what)
     items = pa.table({"listing": np.arange(cfg.listings, dtype=np.int64),
                       "image_id": world.image_ids,
                       **{f: world.factors[:, j] for j, f in enumerate(FACTORS)},
                       "in_store": ~(world.broken | world.absent),
                       "is_ad": np.isin(np.arange(cfg.listings), np.r_[world.old_ads, world.new_ads]),
                       "is_new_ad": world.is_new})
-    items = items.replace_schema_metadata({"hvams.attributes": json.dumps(FACTORS)})
-    pq.write_table(items, out / "truth" / "items.parquet")
+    write_truth(out, items, FACTORS)
     info = {
         "format": "hvams-mosaic-world/1",
         "config": asdict(cfg),

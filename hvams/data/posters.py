@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFilter
 
 from ..keys import image_key_id
 from ..metrics import auc, gauc
-from .layout import Lists, fresh_dir
+from ..models.attributes import write_truth
+from .layout import Lists, fresh_dir, write_days
 from .schema import Field, Schema
 
 PALETTES = (  # (top, bottom, ink) RGB
@@ -300,24 +300,15 @@ def synthesize_posters(out: str | Path, cfg: PosterConfig, overwrite: bool = Fal
     log(f"posters: drew {cfg.offers} images")
     summary = ingest(rows_from_path_csv(out / "images.csv"), out / "images",
                      num_partitions=cfg.partitions, check=True, progress=False)
-    stats = {"samples": 0, "clicks": 0}
-    for day in range(cfg.train_days + 1):
-        test = day == cfg.train_days
-        table = world.impressions(day, cfg.samples_per_day, test)
-        (out / f"day={day:02d}").mkdir()
-        pq.write_table(table, out / f"day={day:02d}" / "part-00000.parquet", row_group_size=4096)
-        stats["samples"] += table.num_rows
-        stats["clicks"] += int(np.asarray(table["clicked"]).sum())
-        if test:
-            y, p = np.asarray(table["clicked"]), np.asarray(table["p_click"])
-            u, fresh = np.asarray(table["visitor"]), np.asarray(table["fresh_offer"]).astype(bool)
-    (out / "truth").mkdir()
+    stats, test = write_days(out, world.impressions, cfg.train_days, cfg.samples_per_day,
+                             "clicked")
+    y, p = np.asarray(test["clicked"]), np.asarray(test["p_click"])
+    u, fresh = np.asarray(test["visitor"]), np.asarray(test["fresh_offer"]).astype(bool)
     items = pa.table({"offer": np.arange(cfg.offers, dtype=np.int64), "image_id": world.image_ids,
                       **{t: world.traits[:, j] for j, t in enumerate(TRAITS)},
                       "is_ad": np.isin(np.arange(cfg.offers), np.r_[world.old_ads, world.new_ads]),
                       "is_new_ad": world.is_new})
-    items = items.replace_schema_metadata({"hvams.attributes": json.dumps(TRAITS)})
-    pq.write_table(items, out / "truth" / "items.parquet")
+    write_truth(out, items, TRAITS)
     info = {
         "format": "hvams-posters-world/1",
         "config": asdict(cfg),

@@ -31,6 +31,18 @@ def table_of(cfg) -> str:
     return str(cfg.backbone_weights or truth_file(cfg.data))
 
 
+def write_truth(data: str | Path, items, attributes: dict[str, int]) -> None:
+    """``DATA/truth/items.parquet``: a world's ``items`` table (``image_id`` and one column
+    per attribute), its metadata naming ``attributes`` (name -> number of values)."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    path = truth_file(data)
+    path.parent.mkdir(exist_ok=True)
+    pq.write_table(items.replace_schema_metadata({META_KEY: json.dumps(attributes)}), path)
+
+
 def attributes_of(path: str | Path) -> dict[str, int]:
     """Attribute -> number of values of a truth table (its metadata, else the built-in's)."""
     import json

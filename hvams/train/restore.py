@@ -136,8 +136,8 @@ def check_init(cfg: TrainConfig, schema) -> Path:
                               f"{theirs[key]!r}, this run has {key} {ours[key]!r}; a model "
                               f"continues only with the same {key}")
     split = [c["backbone_lr_scale"] != 1.0 for c in (theirs, ours)]
-    trains = cfg.uses_images and not cfg.freeze_backbone and cfg.backbone != "true-attributes"
-    if trains and split[0] != split[1]:  # its optimizer has one group or two
+    # (a validated config freezes true-attributes)
+    if cfg.uses_images and not cfg.freeze_backbone and split[0] != split[1]:  # 1 group or 2
         raise ConfigError(f"config key 'init_from': {d} was trained with backbone_lr_scale "
                           f"{theirs['backbone_lr_scale']!r}, this run has "
                           f"{ours['backbone_lr_scale']!r}; a trainable backbone continues with "
