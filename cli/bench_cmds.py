@@ -152,8 +152,11 @@ def comm(out, ranks, steps, preset, timeout, **opts):
               help="Backbone variants (default both).")
 @click.option("--no-one-process", "one_process", flag_value=False, default=True,
               help="Skip the one-process baseline.")
+@click.option("--strategy", "strategies", multiple=True, type=choice("strategy"),
+              help="Strategies to run (default all three).")
 @click.option("--chart", type=click.Path(dir_okay=False), help="Write the samples/s chart (PNG) here.")
-def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeout, **opts):
+def speed(out, ranks, steps, warmup, rounds, variants, one_process, strategies, chart, timeout,
+          **opts):
     """Samples/s of the three strategies (interleaved) and of one process.
 
     \b
@@ -161,13 +164,15 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, chart, timeo
       hvams bench speed --data data/demo --batch-size 256 --out runs/bench/speed \\
         --chart docs/img/speed.png
     """
+    from hvams.bench.comm import STRATEGIES
+    from hvams.strategies import Strategy
     from hvams.bench.speed import VARIANTS, format_speed, run_speed
 
     cfg = _base(**opts, model="dicm")
     out = Path(out or "runs/bench/speed")
     ranks = ranks or 4
     result = run_speed(cfg, ranks, steps, rounds, warmup, out, list(variants) or list(VARIANTS),
-                       one_process, timeout)
+                       one_process, timeout, [Strategy(s) for s in strategies] or list(STRATEGIES))
     _finish(out, "speed", format_speed(result))
     if chart:
         from hvams.bench.charts import speed_chart
@@ -504,3 +509,86 @@ def serve_bench(export_dir, data_dir, day, rates, seconds, candidates, behaviors
                              rate_list, seconds, candidates, behaviors, shares, workers,
                              connections, p99_bound_ms, log=lambda m: click.echo(m))
     _save_result(out, "serve", result, format_serve, chart)
+
+
+@bench.command("image-rate")
+@click.option("--from-speed", "speed_json", type=click.Path(exists=True, dir_okay=False),
+              help="A bench speed JSON: the model, size and backbone modes of its runs, each at "
+                   "its AMS servers' images per step, with their image stage's rate beside.")
+@click.option("--backbone", type=choice("backbone"), default="small-cnn", show_default=True)
+@click.option("--image-size", type=int, default=64, show_default=True)
+@click.option("--mode", "modes", multiple=True, type=click.Choice(["trainable", "frozen"]),
+              help="trainable: forward, backward and Adam; frozen: forward (default trainable).")
+@click.option("--batch", type=click.IntRange(min=1), default=1024, show_default=True)
+@click.option("--device", type=choice("device"), default="auto", show_default=True)
+@click.option("--precision", type=choice("precision"), default="auto", show_default=True)
+@click.option("--seconds", type=float, default=5.0, show_default=True,
+              help="Seconds of timed steps per mode.")
+@click.option("--record", type=click.Path(dir_okay=False),
+              help="Append each result as a results.jsonl line (see bench gpu-tables).")
+@click.option("--name", default="image-rate", show_default=True, help="Its name there.")
+def image_rate_cmd(speed_json, backbone, image_size, modes, batch, device, precision, seconds,
+                   record, name):
+    """Raw images/s of an image model on one device: the limit of the servers' image stage.
+
+    \b
+    Example:
+      hvams bench image-rate --backbone resnet18 --image-size 64 --batch 2048 --device cuda
+      hvams bench image-rate --from-speed runs/bench/speed/speed.json --device cuda
+    """
+    import json
+
+    from hvams.bench.gpu_tables import stage_rate
+    from hvams.bench.image_rate import image_rate
+    from hvams.config import TrainConfig
+    from hvams.runtime.runtime import check_devices
+
+    runs = []
+    if speed_json:
+        try:
+            speed = json.loads(Path(speed_json).read_text())
+            backbone, image_size = speed["backbone"], speed["image_size"]
+            for variant in speed["median"]:
+                b, stage = stage_rate(speed, variant)
+                if b:
+                    runs.append((variant, b, stage))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise CliError(f"{speed_json}: not a bench speed result ({exc})") from None
+        if not runs:
+            raise CliError(f"{speed_json}: no AMS run with images to compare with")
+    else:
+        runs = [(m, batch, None) for m in (modes or ("trainable",))]
+    cfg = TrainConfig(data="-", backbone=backbone, image_size=image_size, device=device,
+                      precision=precision).validate()
+    check_devices(cfg)
+    for mode, b, stage in runs:
+        r = image_rate(cfg, b, mode, seconds)
+        r["stage_images_per_s"] = stage
+        click.echo(f"{backbone} {image_size} px {mode}, batch {b:,}: {r['images_per_s']:,.0f} "
+                   f"images/s raw" + (f", {stage:,.0f} in the servers' image stage" if stage else ""))
+        if record:
+            with open(record, "a") as fh:
+                fh.write(json.dumps({"stage": "image-rate", "name": f"{name} {mode}",
+                                     "result": r}) + "\n")
+
+
+@bench.command("gpu-tables")
+@click.argument("folder", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), help="Also write the tables here.")
+def gpu_tables(folder, out):
+    """The GPU tables of docs/benchmarks.md from a device session's output folder
+    (scripts/gpu_session.sh writes it; --dry-run too, on the CPU).
+
+    \b
+    Example:
+      hvams bench gpu-tables runs/gpu-session --out runs/gpu-session/tables.md
+    """
+    from hvams.bench.gpu_tables import load_session, render
+
+    try:
+        text = render(load_session(Path(folder)))
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    if out:
+        Path(out).write_text(text + "\n")
+    click.echo(text)

@@ -31,6 +31,8 @@ OnBadRow = Literal["error", "skip"]
 SparseOptimizer = Literal["adagrad", "adam", "sgd"]
 Device = Literal["auto", "cpu", "cuda"]
 PrecisionName = Literal["auto", "fp32", "bf16", "fp64"]
+MemoryFormat = Literal["auto", "channels-last", "contiguous"]
+AllreducePath = Literal["auto", "device", "host"]
 Eviction = Literal["lru", "lfu"]
 CheckpointMode = Literal["full", "delta"]
 CheckpointSignal = Literal["SIGUSR1", "SIGUSR2", "SIGTERM"]
@@ -175,6 +177,16 @@ class TrainConfig:
     worker_device: Device | None = key(None, "Device of the workers (overrides device).")
     precision: PrecisionName = key("auto", "auto: bf16 autocast on CUDA, fp32 on the CPU; fp64 "
                                            "for verification.")
+    memory_format: MemoryFormat = key(
+        "auto", "Layout of the image model and its inputs: channels-last (cuDNN's fast layout; "
+                "auto: on CUDA) or contiguous.")
+    allreduce_path: AllreducePath = key(
+        "auto", "Where Horovod sums a role's gradients: device (NCCL for CUDA tensors), host "
+                "(copied to host memory, summed over MPI/Gloo), auto: device unless two ranks "
+                "of the role share a GPU, which NCCL refuses.")
+    backbone_chunk: int = key(512, "Images per backbone pass. A trainable backbone with more "
+                                   "images in a step recomputes each chunk's activations in "
+                                   "backward, so its memory stays bounded.")
     allreduce_compression: Compression = key(
         Compression.NONE, "fp16: Horovod's gradient allreduces (workers' dense model, servers' "
                           "image model) in fp16 on the wire, half the bytes.")
@@ -244,7 +256,7 @@ class TrainConfig:
         need(typed.backbone != "true-attributes" or typed.freeze_backbone, "freeze_backbone",
              "must be true with backbone true-attributes (a lookup table, nothing to train)")
         for key in ("servers", "epochs", "batch_size", "eval_batch_size", "emb_dim",
-                    "lr_decay_steps", "image_size", "concat_behaviors"):
+                    "lr_decay_steps", "image_size", "concat_behaviors", "backbone_chunk"):
             need(getattr(typed, key) >= 1, key, "must be at least 1")
         for key in ("lr", "sparse_lr", "image_lr", "backbone_lr_scale", "init_scale"):
             need(getattr(typed, key) > 0, key, "must be positive")

@@ -59,6 +59,7 @@ class OneProcess:
                  runtime: Runtime | None = None):
         self.cfg, self.schema, self.batches = cfg, schema, batches
         self.rt = rt = runtime or role_runtime(cfg, "worker")
+        rt.activate()   # exact fp32 kernels on CUDA, as the distributed ranks
         self.fields = [f for f in schema.fields if f.is_id]
         vocab: dict[str, set] = {}
         for b in batches:
@@ -76,7 +77,8 @@ class OneProcess:
         self.dense_opt = torch.optim.Adam(self.model.parameters(), lr=cfg.lr)
         self.image_model = None
         if cfg.uses_images:  # the image model held locally, fed straight from the store
-            self.embedder = embedder_for(build_image_model(cfg), cfg.feature_cache, rt)
+            self.embedder = embedder_for(build_image_model(cfg), cfg.feature_cache, rt,
+                                         chunk=cfg.backbone_chunk)
             self.image_model = self.embedder.model
             self.source = ImageSource(ImageStore(cfg.images_dir), cfg.image_size,
                                       device=rt.device)

@@ -40,7 +40,9 @@ def test_batched_jpeg_path_equals_per_image_path(device):
 
 def test_a_refused_batch_falls_back_image_by_image():
     keys = np.arange(3, dtype=np.int64)
-    blobs = [jpeg(seed=1), b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x10\x00\x10" + b"\x00" * 40, jpeg(seed=2)]
+    # a frame header that claims 3 components (so it is routed to the batched decoder), then junk
+    bad = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x10\x00\x10\x03" + b"\x00" * 40
+    blobs = [jpeg(seed=1), bad, jpeg(seed=2)]
     dec = ImageDecoder(16, 4096 * 4096, "cpu", batched_jpeg=True)
     px, ok, errors = dec.decode(keys, blobs)
     assert ok.tolist() == [True, False, True] and [e.key for e in errors] == [1]
@@ -67,3 +69,24 @@ def test_the_cpu_resize_is_within_one_grey_level_of_the_float_kernel():
         out = resize_batch(imgs, size)
         assert out.dtype == torch.uint8 and out.shape == ref.shape
         assert (out.int() - ref.int()).abs().max() <= 1, shape
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_only_grey_and_ycbcr_jpegs_go_to_the_batched_decoder(device):
+    """nvjpeg (through torchvision) is not set up for 4-component JPEGs: a CMYK JPEG is
+    routed to the host decoder, whose colours equal PIL's CMYK -> RGB conversion."""
+    import io
+
+    from PIL import Image
+
+    from hvams.store.decode import jpeg_components
+
+    blobs = [jpeg((24, 24), seed=1), jpeg((24, 24), "L", seed=2), jpeg((24, 24), "CMYK", seed=3)]
+    assert [jpeg_components(b) for b in blobs] == [3, 1, 4]
+    assert jpeg_components(b"\xff\xd8\xff\xe0 truncated") is None
+    dec = ImageDecoder(24, 4096 * 4096, device, batched_jpeg=True)
+    px, ok, errors = dec.decode(np.arange(3, dtype=np.int64), blobs)
+    assert ok.all() and not errors
+    assert dec.counts == {"device_decoded": 2, "host_decoded": 1, "device_refused": 0}
+    want = np.asarray(Image.open(io.BytesIO(blobs[2])).convert("RGB")).transpose(2, 0, 1)
+    assert (px[2].cpu().int() - torch.from_numpy(want.copy()).int()).abs().max() <= 1

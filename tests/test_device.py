@@ -1,4 +1,6 @@
 """Device selection, precision and host<->device transfer (hvams.runtime), on real MPI ranks."""
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -95,3 +97,58 @@ def test_cli_cuda_without_gpu_exits_2(tiny_world, tmp_path, command):
     assert res.returncode == 2, res.stderr
     assert "hvams: error: config key" in res.stderr and "no usable CUDA GPU" in res.stderr
     assert "Traceback" not in res.stderr
+
+
+@pytest.mark.parametrize("path", ["device", "host"])
+def test_strided_gradients_are_summed_over_a_process_set(path):
+    """channels_last convolution weights have strided gradients: Horovod's grouped allreduce
+    refuses them as they are; ``GradientReducer`` sums them right, in their own layout."""
+    from pathlib import Path
+
+    res = run_mpi(3, [sys.executable, str(Path(__file__).parent / "grad_job.py"), path],
+                  timeout=120)
+    assert res.returncode == 0, res.output[-3000:]
+    recs = res.reports("grads")
+    assert sorted(recs) == [1, 2]  # the two workers
+    for rec in recs.values():
+        assert rec["refused"] and any(rec["strided"])
+        assert rec["err"] < 1e-5 and rec["layouts_kept"]
+
+
+def test_ranks_sharing_a_gpu_and_the_gradient_path_of_each_role():
+    from hvams.runtime.layout import Placed, gradient_paths, ranks_on_gpu, roles_sharing_a_gpu
+
+    # node a: 2 servers and 2 workers on 2 GPUs, one of each role per GPU; node b: 2 workers
+    # on its one GPU, a server on the CPU
+    table = [Placed("a", "server", "cuda:0"), Placed("a", "server", "cuda:1"),
+             Placed("a", "worker", "cuda:0"), Placed("a", "worker", "cuda:1"),
+             Placed("b", "worker", "cuda:0"), Placed("b", "worker", "cuda:0"),
+             Placed("b", "server", "cpu")]
+    assert [ranks_on_gpu(table, r) for r in range(7)] == [2, 2, 2, 2, 2, 2, 1]
+    assert roles_sharing_a_gpu(table) == {"worker"}
+    assert gradient_paths(table, "auto") == {"server": "device", "worker": "host"}
+    assert gradient_paths(table, "host") == {"server": "host", "worker": "host"}
+    assert gradient_paths(table[:4] + table[6:], "device") == {"server": "device", "worker": "device"}
+    with pytest.raises(DeviceError, match="config key 'allreduce_path': 'device' .* two workers "
+                                          "are on one GPU"):
+        gradient_paths(table, "device")
+    cpu = [Placed("a", "server", "cpu"), Placed("a", "server", "cpu")]
+    assert gradient_paths(cpu, "auto") == {"server": "device"} and ranks_on_gpu(cpu, 0) == 1
+
+
+def test_memory_format_exact_fp32_and_cached_constants():
+    from hvams.imaging.source import _constants
+
+    cfg = TrainConfig(data="-", device="cpu")
+    assert not role_runtime(cfg, "server").channels_last  # auto: channels_last on CUDA only
+    last = role_runtime(TrainConfig(data="-", device="cpu", memory_format="channels-last"), "server")
+    assert last.channels_last
+    conv = last.module(torch.nn.Conv2d(3, 4, 3), image_model=True)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not conv.weight.is_contiguous()
+    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    Runtime.cpu("fp32").activate()
+    assert torch.backends.cudnn.conv.fp32_precision == "ieee"
+    assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    dev = torch.device("cpu")
+    assert _constants(dev, torch.float32)[0] is _constants(dev, torch.float32)[0]

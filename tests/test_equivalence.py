@@ -265,3 +265,31 @@ def test_fine_tuning_scale_and_image_products_equal_reference(tiny_world, tmp_pa
     with pytest.raises(AssertionError):
         for name, value in ref.image_model.state_dict().items():
             close(state[name].numpy(), value.cpu().numpy(), "image_model." + name, "fp64")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("servers,workers,strategy", [(2, 2, "ams"), (1, 2, "store-in-worker")])
+def test_channels_last_chunked_backbone_equals_reference(tiny_world, tmp_path, servers, workers,
+                                                         strategy, device):
+    """The image model channels_last, as on CUDA, on the CPU too: its convolution weights'
+    gradients are then strided, which Horovod refuses ("Tensor is required to be
+    contiguous"), so this job fails unless every gradient is made contiguous before the
+    servers' (AMS) or the workers' (store-in-worker) allreduce. The trainable backbone also
+    runs in chunks of 4 images, each recomputed in backward. Both equal the reference."""
+    out = tmp_path / "run"
+    extra = {"aggregator": "mqap", "strategy": strategy, "device": device, "precision": "fp64",
+             "memory_format": "channels-last", "backbone_chunk": 4}
+    res = run_mpi(servers + workers, train_args(tiny_world, out, servers, "dicm", batch=32,
+                                                steps=IMG_STEPS, **extra), timeout=300)
+    assert res.returncode == 0, res.output[-4000:]
+    summary, dense, tables = _dist_state(out)
+    ref = check_against_reference(tiny_world, out, workers, IMG_STEPS, summary, dense, tables,
+                                  model="dicm", batch_size=32, aggregator="mqap",
+                                  strategy=strategy, device=device, precision="fp64",
+                                  memory_format="channels-last", backbone_chunk=4)
+    assert ref.rt.channels_last and ref.embedder.chunk == 4
+    state = ckpt_image_state(out) if strategy == "ams" else dense["image_model"]
+    for name, value in ref.image_model.state_dict().items():
+        close(state[name].numpy(), value.cpu().numpy(), "image_model." + name, "fp64")
+    assert len(summary["images"]["model_sha256"]) == 1
+    check_images(summary)

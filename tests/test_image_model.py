@@ -1,4 +1,5 @@
 """The image model: every backbone, local weight files, frozen vs trainable."""
+import numpy as np
 import pytest
 import torch
 
@@ -134,3 +135,37 @@ def test_image_products_start_unweighted_and_learn(tiny_world):
     inp = Inputs(n, single, lists, torch.repeat_interleave(torch.arange(n), lengths), lengths)
     model(inp).sum().backward()
     assert first.grad[:, -extra:].abs().sum() > 0
+
+
+@pytest.mark.parametrize("backbone", ["small-cnn", "resnet18"])
+def test_a_trainable_backbone_in_chunks_equals_one_pass(backbone):
+    """Above ``chunk`` images, a trainable backbone runs chunk by chunk and recomputes each
+    chunk in backward (at most one chunk's activations alive): the same embeddings and
+    parameter gradients as one pass over all images."""
+    from hvams.imaging.embed import PixelEmbedder
+    from hvams.runtime import Runtime
+
+    pixels = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    valid = np.ones(10, bool)
+    valid[3] = False
+    grad = torch.randn(10, 12, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    results = []
+    for chunk in (100, 4):
+        torch.manual_seed(0)
+        emb = PixelEmbedder(ImageEmbedder(backbone), 0, Runtime.cpu("fp64"), chunk=chunk)
+        emb.model.train()  # (batch norm on its running statistics, as in training)
+        calls = []  # a pre-hook: the recompute stops once it has what backward needs
+        emb.model.backbone.register_forward_pre_hook(lambda m, i: calls.append(len(i[0])))
+        out = emb.embed(np.arange(10), pixels, valid)
+        out.backward(grad)
+        results.append((out.detach(), [p.grad.clone() for p in emb.model.trainable_parameters()]))
+        # 9 valid images: one pass, or 3 chunks forward and the same 3 again in backward
+        if chunk == 100:
+            assert calls == [9]
+        else:
+            assert calls[:3] == [4, 4, 1] and sorted(calls[3:]) == [1, 4, 4]
+    (a, ga), (b, gb) = results
+    assert torch.allclose(a, b, rtol=0, atol=1e-12)
+    for x, y in zip(ga, gb):
+        assert torch.allclose(x, y, rtol=1e-10, atol=1e-12)

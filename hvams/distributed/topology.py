@@ -89,6 +89,7 @@ class Topology:
     local_size: int = 1
     nodes: list[str] = field(default_factory=list)  # every rank's node name
     machine_size: int = 1              # ranks sharing this rank's kernel, hence its cores
+    gradient_path: str = "device"      # where this role sums gradients (runtime.layout)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -159,12 +160,18 @@ def build_topology(num_servers: int | None = None, placement: str = "block",
         thread_level=MPI.Query_thread(), local_rank=on_node, local_size=node_size,
         nodes=nodes, machine_size=kernels.count(kernels[rank]))
     if init_horovod:
-        import horovod.torch as hvd
-
-        topo.server_set = hvd.ProcessSet(servers)
-        topo.worker_set = hvd.ProcessSet(workers)
-        hvd.init(comm=world, process_sets=[topo.server_set, topo.worker_set])
+        start_horovod(topo)
     return topo
+
+
+def start_horovod(topo: Topology) -> None:
+    """Horovod on the world, with a process set per role. A CUDA rank sets its device
+    first (``Runtime.activate``): NCCL binds to the current GPU."""
+    import horovod.torch as hvd
+
+    topo.server_set = hvd.ProcessSet(topo.server_ranks)
+    topo.worker_set = hvd.ProcessSet(topo.worker_ranks)
+    hvd.init(comm=topo.world, process_sets=[topo.server_set, topo.worker_set])
 
 
 def finish(topo: Topology | None = None) -> None:

@@ -3,9 +3,10 @@
 Every image's header is checked on the host first (format, size, the
 decompression-bomb limit). JPEGs are then decoded together by
 ``torchvision.io.decode_jpeg(list, device=...)`` (nvjpeg on CUDA, batched),
-when ``batched_jpeg`` is on, the default on CUDA. A batch nvjpeg refuses is
-retried image by image, and an image it refuses (CMYK, progressive corner
-cases) goes to the CPU decoder, as do all other formats. Images are resized
+when ``batched_jpeg`` is on, the default on CUDA: those with 1 or 3 colour
+components only (nvjpeg is not set up for CMYK). A batch nvjpeg refuses is
+retried image by image, and an image it refuses (progressive corner cases)
+goes to the CPU decoder, as do CMYK JPEGs and all other formats. Images are resized
 on the device, one interpolate per distinct source size (see ``resize_batch``).
 """
 from __future__ import annotations
@@ -14,8 +15,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..store.decode import check_header, decode_rgb, sniff_format
+from ..store.decode import check_header, decode_rgb, jpeg_components, sniff_format
 from ..store.errors import CorruptImageError
+
+DEVICE_JPEG_COMPONENTS = (1, 3)  # grey and YCbCr: what nvjpeg decodes to RGB right
 
 
 def resize_batch(imgs: torch.Tensor, size: int) -> torch.Tensor:
@@ -57,7 +60,8 @@ class ImageDecoder:
             except CorruptImageError as exc:
                 errors.append(exc)
                 continue
-            if self.batched_jpeg and sniff_format(data) == "jpeg":
+            if self.batched_jpeg and sniff_format(data) == "jpeg" and \
+                    jpeg_components(data) in DEVICE_JPEG_COMPONENTS:
                 jpeg.append(i)
             else:
                 decoded[i] = self._host(data, int(keys[i]), errors)

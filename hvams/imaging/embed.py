@@ -18,25 +18,39 @@ from .source import ImageSource, normalize
 from .tensor_cache import TensorCache
 
 
-FROZEN_CHUNK = 256  # images per frozen-backbone forward: bounds activation memory
+CHUNK = 512  # images per backbone pass (config key backbone_chunk): bounds activation memory
 
 
 class PixelEmbedder:
     """Pixels -> features (cached per key when the backbone is frozen) -> embeddings."""
 
     def __init__(self, model: ImageEmbedder, feature_cache: int = 200_000,
-                 runtime: Runtime | None = None, cache_bytes: int | None = None):
+                 runtime: Runtime | None = None, cache_bytes: int | None = None,
+                 chunk: int = CHUNK):
         self.rt = runtime or Runtime.cpu()
-        self.model = self.rt.module(model, channels_last=True)
+        self.model = self.rt.module(model, image_model=True)
         self.features = TensorCache(feature_cache if model.frozen else 0, self.rt.device, cache_bytes)
+        self.chunk = chunk
         self.backbone_runs = 0
 
     def _backbone(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = normalize(pixels, self.rt.dtype)
-        if self.rt.is_cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
+        x = self.rt.image_input(normalize(pixels, self.rt.dtype))
         with self.rt.compute():
             return self.model.features(x).to(self.rt.dtype)
+
+    def _trainable(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Trainable backbone features of ``pixels`` with their graph, in bounded memory.
+
+        Above one chunk, each chunk runs under activation checkpointing: its forward keeps
+        only its input, and backward recomputes it chunk by chunk, so at most one chunk's
+        activations are alive, for a third more compute. Batch norm uses its running
+        statistics and there is no dropout, so the recomputed chunk equals the first."""
+        if len(pixels) <= self.chunk or not torch.is_grad_enabled():
+            return self._backbone(pixels)
+        from torch.utils.checkpoint import checkpoint
+
+        return torch.cat([checkpoint(self._backbone, pixels[i:i + self.chunk], use_reentrant=False)
+                          for i in range(0, len(pixels), self.chunk)])
 
     def backbone_features(self, keys: np.ndarray, pixels: torch.Tensor, valid: np.ndarray
                           ) -> torch.Tensor:
@@ -47,7 +61,7 @@ class PixelEmbedder:
         if not self.model.frozen:
             if len(rows):
                 idx = self.rt.index(rows)
-                feats = self._backbone(pixels.index_select(0, idx))
+                feats = self._trainable(pixels.index_select(0, idx))
                 self.backbone_runs += len(rows)
                 out = out.index_put((idx,), feats)
             return out
@@ -58,8 +72,8 @@ class PixelEmbedder:
                         out: torch.Tensor) -> None:
         """out[rows] = frozen backbone features of pixels[rows], in chunks; cache them."""
         with torch.no_grad():
-            for start in range(0, len(rows), FROZEN_CHUNK):
-                idx = self.rt.index(rows[start:start + FROZEN_CHUNK])
+            for start in range(0, len(rows), self.chunk):
+                idx = self.rt.index(rows[start:start + self.chunk])
                 out.index_copy_(0, idx, self._backbone(pixels.index_select(0, idx)))
         if len(rows):
             self.features.put_many(np.asarray(keys)[rows], out.index_select(0, self.rt.index(rows)))
@@ -119,8 +133,9 @@ class KeyEmbedder(PixelEmbedder):
     store reads, no decoding, no feature cache; the same head and missing row."""
 
     def __init__(self, model: ImageEmbedder, feature_cache: int = 0,
-                 runtime: Runtime | None = None, cache_bytes: int | None = None):
-        super().__init__(model, 0, runtime, cache_bytes)
+                 runtime: Runtime | None = None, cache_bytes: int | None = None,
+                 chunk: int = CHUNK):
+        super().__init__(model, 0, runtime, cache_bytes, chunk)
 
     def _lookup(self, keys: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         feats, known = self.model.backbone.lookup(self.rt.index(np.asarray(keys, np.int64)),
@@ -136,7 +151,8 @@ class KeyEmbedder(PixelEmbedder):
 
 
 def embedder_for(model: ImageEmbedder, feature_cache: int = 200_000,
-                 runtime: Runtime | None = None, cache_bytes: int | None = None) -> PixelEmbedder:
+                 runtime: Runtime | None = None, cache_bytes: int | None = None,
+                 chunk: int = CHUNK) -> PixelEmbedder:
     """The embedder that feeds ``model``'s backbone what it reads: pixels or keys."""
     cls = KeyEmbedder if getattr(model.backbone, "reads_keys", False) else PixelEmbedder
-    return cls(model, feature_cache, runtime, cache_bytes)
+    return cls(model, feature_cache, runtime, cache_bytes, chunk)

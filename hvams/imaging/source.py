@@ -5,6 +5,7 @@ Missing keys and undecodable bytes do not raise: the key is marked invalid
 """
 from __future__ import annotations
 
+import functools
 from collections import Counter
 
 import numpy as np
@@ -22,9 +23,15 @@ def resize_uint8(img: torch.Tensor, size: int) -> torch.Tensor:
     return resize_batch(img.unsqueeze(0), size)[0]
 
 
+@functools.lru_cache(maxsize=None)
+def _constants(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """The normalisation's mean and std on ``device``, copied there once, not per call."""
+    return MEAN.to(device, dtype), STD.to(device, dtype)
+
+
 def normalize(pixels: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """(k, 3, s, s) uint8 -> normalised input of the backbone, on the pixels' device."""
-    mean, std = MEAN.to(pixels.device, dtype), STD.to(pixels.device, dtype)
+    mean, std = _constants(pixels.device, dtype)
     return pixels.to(dtype).div_(255.0).sub_(mean).div_(std)
 
 

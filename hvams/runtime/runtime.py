@@ -21,7 +21,8 @@ from .precision import Precision, resolve_precision
 class Runtime:
     device: torch.device
     precision: Precision
-    sharing: int = 1        # ranks of this node on the same GPU (they split its memory)
+    sharing: int = 1        # ranks of any role on the same GPU (they split its memory)
+    channels_last: bool = False  # image models and their inputs in cuDNN's fast layout
 
     @classmethod
     def cpu(cls, precision: str = "fp32") -> "Runtime":
@@ -40,12 +41,26 @@ class Runtime:
         """Forward-pass context (bf16 autocast where the precision asks for it)."""
         return self.precision.compute(self.device)
 
-    def module(self, m: torch.nn.Module, channels_last: bool = False) -> torch.nn.Module:
-        """``m`` on this device in this precision (convolutional nets channels_last on CUDA)."""
+    def activate(self) -> None:
+        """Make this runtime the process's, before Horovod or NCCL start: its GPU current
+        (NCCL binds a communicator to the current device), and fp32 and fp64 kernels exact
+        (cuDNN convolutions default to TF32, 10 mantissa bits); bf16 is left as it is."""
+        if self.precision.autocast is None:
+            exact_fp32()
+        if self.is_cuda:
+            torch.cuda.set_device(self.device)
+
+    def module(self, m: torch.nn.Module, image_model: bool = False) -> torch.nn.Module:
+        """``m`` on this device in this precision (an image model channels_last where this
+        runtime says so; its gradients are then strided, see ``distributed.gradients``)."""
         m = m.to(device=self.device, dtype=self.dtype)
-        if channels_last and self.is_cuda:
+        if image_model and self.channels_last:
             m = m.to(memory_format=torch.channels_last)
         return m
+
+    def image_input(self, x: torch.Tensor) -> torch.Tensor:
+        """A backbone's input batch in this runtime's image layout."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def upload(self, x) -> torch.Tensor:
         """A host array or tensor on this device (same dtype), via pinned memory on CUDA."""
@@ -94,15 +109,29 @@ def _torch_dtype(dtype) -> torch.dtype:
     return torch.from_numpy(np.zeros(0, dtype)).dtype
 
 
-def role_runtime(cfg, role: str, rank_on_node: int = 0, ranks_on_node: int = 1) -> Runtime:
-    """The runtime of a ``server`` or ``worker`` rank under ``cfg``."""
+def exact_fp32() -> None:
+    """fp32 matmuls and convolutions in IEEE fp32 on CUDA, not TF32."""
+    try:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+    except AttributeError:  # torch before 2.9
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+
+
+def uses_channels_last(cfg, device: torch.device) -> bool:
+    fmt = getattr(cfg, "memory_format", "auto")
+    return fmt == "channels-last" or (fmt == "auto" and device.type == "cuda")
+
+
+def role_runtime(cfg, role: str, rank_on_node: int = 0, sharing: int = 1) -> Runtime:
+    """The runtime of a ``server`` or ``worker`` rank under ``cfg`` (``sharing``: the ranks
+    on its GPU, from ``runtime.layout``)."""
     key = f"{role}_device"
     requested = getattr(cfg, key) or cfg.device
     device = resolve_device(requested, rank_on_node, key if getattr(cfg, key) else "device")
-    sharing = 1
-    if device.type == "cuda":
-        sharing = -(-ranks_on_node // torch.cuda.device_count())
-    return Runtime(device, resolve_precision(cfg.precision, device), sharing)
+    return Runtime(device, resolve_precision(cfg.precision, device),
+                   sharing if device.type == "cuda" else 1, uses_channels_last(cfg, device))
 
 
 def check_devices(cfg) -> dict[str, Runtime]:

@@ -33,6 +33,9 @@ class AmsImageChannel:
         groups = embedder.model.param_groups(lr, backbone_lr_scale)
         self.base_lrs = [g["base_lr"] for g in groups]  # this run's, also after a restore
         self.opt = torch.optim.Adam(groups)
+        from ..distributed.gradients import role_reducer
+
+        self.reducer = role_reducer(topo, self.compression, "image_model_grads")
         self._out = None
 
     def serve(self, keys: np.ndarray, train: bool) -> np.ndarray:
@@ -51,21 +54,13 @@ class AmsImageChannel:
         self._out = None
 
     def after_update(self, lr_scale: float) -> None:
-        """Allreduce the image model's gradients among servers, then step (every server).
-
-        On CUDA the gradients are allreduced as device tensors (NCCL where
-        Horovod was built with it)."""
-        grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.params]
+        """Allreduce the image model's gradients among servers, then step (every server)."""
         if self.topo.num_servers > 1:
-            import horovod.torch as hvd
-
-            self.counter.add("allreduce_servers", self.compression.allreduce_bytes(grads))
+            self.counter.add("allreduce_servers", self.compression.allreduce_bytes(self.params))
             with stage("image_allreduce"):
-                grads = hvd.grouped_allreduce(grads, op=hvd.Sum, process_set=self.topo.server_set,
-                                              name="image_model_grads",
-                                              compression=self.compression.horovod())
-        for p, g in zip(self.params, grads):
-            p.grad = g
+                self.reducer.reduce(self.params)
+        else:
+            self.reducer.reduce(self.params)  # (only fills missing gradients with zeros)
         for group, lr in zip(self.opt.param_groups, self.base_lrs):
             group["lr"] = lr * lr_scale
         with stage("image_compute"):

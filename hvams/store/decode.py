@@ -45,6 +45,22 @@ def sniff_format(data: bytes) -> str:
 
 
 def _jpeg_size(data: bytes) -> tuple[int, int]:
+    return _jpeg_frame(data)[:2]
+
+
+def jpeg_components(data: bytes) -> int | None:
+    """Colour components of a JPEG's frame (1 grey, 3 YCbCr, 4 CMYK/YCCK), None if unreadable.
+
+    nvjpeg through torchvision is set up for 1 and 3 only: the device decoder routes the
+    others to the host, which converts CMYK right."""
+    try:
+        return _jpeg_frame(data)[2]
+    except (ValueError, struct.error):
+        return None
+
+
+def _jpeg_frame(data: bytes) -> tuple[int, int, int]:
+    """(width, height, components) from a JPEG's start-of-frame segment."""
     i = 2
     while i + 4 <= len(data):
         if data[i] != 0xFF:
@@ -58,10 +74,10 @@ def _jpeg_size(data: bytes) -> tuple[int, int]:
             continue
         (length,) = struct.unpack(">H", data[i + 2:i + 4])
         if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(data):
+            if i + 10 > len(data):
                 break
             height, width = struct.unpack(">HH", data[i + 5:i + 9])
-            return width, height
+            return width, height, data[i + 9]
         i += 2 + length
     raise ValueError("JPEG without a frame header (truncated?)")
 

@@ -29,7 +29,7 @@ def image_embedder(cfg, rt):
 
     budget = rt.cache_bytes(cfg.cache_bytes)
     return embedder_for(build_image_model(cfg), cfg.feature_cache, rt,
-                        None if budget is None else budget // 2)
+                        None if budget is None else budget // 2, cfg.backbone_chunk)
 
 
 def image_source(cfg, rt, server: int | None = None, num_servers: int = 1):

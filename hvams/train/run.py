@@ -21,10 +21,10 @@ from ..data.schema import Schema
 from ..distributed.failfast import Watchdog, install_abort_hook
 from ..distributed.preemption import REQUEUE_EXIT, STOP
 from ..distributed.reports import write_report
-from ..distributed.topology import build_topology, finish
+from ..distributed.topology import build_topology, fail_all, finish, start_horovod
 from ..protocol import timing
 from ..protocol.accounting import ByteCounter
-from ..runtime import role_runtime
+from ..runtime import Runtime, role_runtime
 from ..runtime.memory import peak_rss_mb
 from ..server.run import run_server
 from ..strategies import strategy_for
@@ -64,10 +64,28 @@ def _require_shared_run_dir(topo, run_dir: Path) -> None:
         sys.exit(2)
 
 
+def place_rank(cfg: TrainConfig, topo) -> Runtime:
+    """This rank's runtime, made current, with its GPU's sharing count and its role's
+    gradient path from every rank's device (``runtime.layout``)."""
+    from ..runtime.device import DeviceError
+    from ..runtime.layout import gradient_paths, place, ranks_on_gpu
+
+    rt = role_runtime(cfg, topo.role, topo.local_rank)
+    table = place(topo.world, topo.node, topo.role, rt.device)
+    try:
+        paths = gradient_paths(table, cfg.allreduce_path)
+    except DeviceError as exc:
+        fail_all(topo.world, str(exc))   # the same table on every rank: the same verdict
+    topo.gradient_path = paths[topo.role]
+    rt = replace(rt, sharing=ranks_on_gpu(table, topo.rank))
+    rt.activate()
+    return rt
+
+
 def run_training(cfg: TrainConfig) -> dict | None:
     """Run the job on this rank; world rank 0 returns the run summary."""
     STOP.install(cfg.checkpoint_signals)
-    topo = build_topology(cfg.servers, cfg.placement)
+    topo = build_topology(cfg.servers, cfg.placement, init_horovod=False)
     install_abort_hook(topo.describe)
     watchdog = Watchdog(topo.describe, cfg.step_timeout,
                         dump_on_sigterm="SIGTERM" not in cfg.checkpoint_signals)
@@ -89,11 +107,10 @@ def run_training(cfg: TrainConfig) -> dict | None:
     if cfg.images and NODE_FIELD in cfg.images:  # a store placed per host (hvams images place)
         cfg = replace(cfg, images=cfg.images.replace(NODE_FIELD, topo.node))
     start = choose_start(cfg, run_dir, topo.world)
-    rt = role_runtime(cfg, topo.role, topo.local_rank, topo.local_size)
-    if rt.is_cuda:
-        torch.cuda.set_device(rt.device)
-        if cfg.sync_stages:
-            timing.set_sync(torch.cuda.synchronize)
+    rt = place_rank(cfg, topo)   # before Horovod starts: NCCL binds to the current GPU
+    start_horovod(topo)
+    if rt.is_cuda and cfg.sync_stages:
+        timing.set_sync(torch.cuda.synchronize)
     if topo.role_rank == 0:
         print(f"hvams: {topo.role}s on {rt.describe()}", flush=True)
     strategy = strategy_for(cfg)

@@ -19,6 +19,7 @@ from ..data.batch import Batch
 from ..data.reader import DayReader, reader_totals
 from ..data.schema import IMAGE_CHANNEL
 from ..distributed.failfast import maybe_inject_fault
+from ..distributed.gradients import role_reducer
 from ..distributed.preemption import REQUEUE_EXIT, STOP
 from ..metrics import Scores, evaluate_parts
 from ..models import build_model
@@ -58,20 +59,16 @@ class WorkerTrainer:
         self.names = [c.name for c in self.client.channels]
         self.with_images = cfg.uses_images
         groups = [{"params": list(model.parameters()), "lr": cfg.lr, "base_lr": cfg.lr}]
-        named = list(model.named_parameters())
         if self.images is not None:
             # Same Adam and lr as the servers' image model under AMS.
             groups += self.images.model.param_groups(cfg.image_lr, cfg.backbone_lr_scale)
-            named += [(f"image_model.{n}", p) for n, p in self.images.model.named_parameters()
-                      if p.requires_grad]
         self.params = [p for g in groups for p in g["params"]]
         self.base_lrs = [g["base_lr"] for g in groups]  # this run's, also after --init-from
         self.compression = Compression(cfg.allreduce_compression)
-        import horovod.torch as hvd
-
-        self.opt = hvd.DistributedOptimizer(torch.optim.Adam(groups), named_parameters=named,
-                                            op=hvd.Sum, process_set=job.topo.worker_set,
-                                            compression=self.compression.horovod())
+        self.opt = torch.optim.Adam(groups)
+        # One grouped allreduce after backward, not Horovod's per-gradient hooks: it makes
+        # every gradient contiguous and can stage it through host memory (runtime.layout).
+        self.reducer = role_reducer(job.topo, self.compression, "worker_grads")
         self.losses: list[float] = []      # this worker's loss sums, one per step
         # Wall time between consecutive step ends (so reading counts too); the
         # first entry times only the first step itself.
@@ -140,6 +137,7 @@ class WorkerTrainer:
             self.client.counter.add("allreduce_workers", self.compression.allreduce_bytes(
                 [p.grad for p in self.params]))
         with stage("allreduce_step"):  # Horovod allreduce of dense gradients + Adam
+            self.reducer.reduce(self.params)
             self.opt.step()
         end = time.perf_counter()
         self.step_s.append(end - (self._last_end if self._last_end is not None else t0))
