@@ -15,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from hvams.distributed.launch import local_env, mpirun_command
+from hvams.distributed.launch import group_killed_on_exit, local_env, mpirun_command
 from hvams.distributed.reports import read_reports
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,13 +63,14 @@ def run_job(cmd: list[str], timeout: float, env: dict[str, str] | None = None,
     env.setdefault("HVAMS_REPORT_DIR", tempfile.mkdtemp(prefix="hvams-reports-"))
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=_env(env), cwd=str(cwd or ROOT), start_new_session=True)
-    try:
-        out, _ = proc.communicate(timeout=timeout)
-        return MPIResult(proc.returncode, out, False, env["HVAMS_REPORT_DIR"])
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        return MPIResult(-9, out, True, env["HVAMS_REPORT_DIR"])
+    with group_killed_on_exit(proc):   # also when pytest itself is stopped
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+            return MPIResult(proc.returncode, out, False, env["HVAMS_REPORT_DIR"])
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            out, _ = proc.communicate()
+            return MPIResult(-9, out, True, env["HVAMS_REPORT_DIR"])
 
 
 def run_mpi(np_: int, argv: list[str], timeout: float = 120, env: dict[str, str] | None = None,

@@ -119,11 +119,11 @@ def test_ranks_sharing_a_gpu_and_the_gradient_path_of_each_role():
     from hvams.runtime.layout import Placed, gradient_paths, ranks_on_gpu, roles_sharing_a_gpu
 
     # node a: 2 servers and 2 workers on 2 GPUs, one of each role per GPU; node b: 2 workers
-    # on its one GPU, a server on the CPU
+    # on its first GPU, a server alone on its second
     table = [Placed("a", "server", "cuda:0"), Placed("a", "server", "cuda:1"),
              Placed("a", "worker", "cuda:0"), Placed("a", "worker", "cuda:1"),
              Placed("b", "worker", "cuda:0"), Placed("b", "worker", "cuda:0"),
-             Placed("b", "server", "cpu")]
+             Placed("b", "server", "cuda:1")]
     assert [ranks_on_gpu(table, r) for r in range(7)] == [2, 2, 2, 2, 2, 2, 1]
     assert roles_sharing_a_gpu(table) == {"worker"}
     assert gradient_paths(table, "auto") == {"server": "device", "worker": "host"}
@@ -134,6 +134,9 @@ def test_ranks_sharing_a_gpu_and_the_gradient_path_of_each_role():
         gradient_paths(table, "device")
     cpu = [Placed("a", "server", "cpu"), Placed("a", "server", "cpu")]
     assert gradient_paths(cpu, "auto") == {"server": "device"} and ranks_on_gpu(cpu, 0) == 1
+    # a role with CUDA and CPU ranks cannot take one NCCL collective either
+    mixed = [Placed("a", "worker", "cuda:0"), Placed("b", "worker", "cpu")]
+    assert gradient_paths(mixed, "auto") == {"worker": "host"}
 
 
 def test_memory_format_exact_fp32_and_cached_constants():
@@ -146,8 +149,9 @@ def test_memory_format_exact_fp32_and_cached_constants():
     conv = last.module(torch.nn.Conv2d(3, 4, 3), image_model=True)
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     assert not conv.weight.is_contiguous()
-    torch.backends.cudnn.conv.fp32_precision = "tf32"
+    torch.backends.cudnn.fp32_precision = "tf32"
     Runtime.cpu("fp32").activate()
+    assert torch.backends.cudnn.fp32_precision == "ieee"
     assert torch.backends.cudnn.conv.fp32_precision == "ieee"
     assert torch.backends.cuda.matmul.fp32_precision == "ieee"
     dev = torch.device("cpu")

@@ -33,9 +33,9 @@ def image_rate(cfg, batch: int, mode: str, seconds: float = 5.0, warmup: int = 2
     grad = torch.randn(batch, cfg.emb_dim, device=rt.device, dtype=rt.dtype)
 
     def step():
-        if mode == "frozen":
+        if mode == "frozen":  # in chunks, as the servers' frozen forward
             with torch.no_grad():
-                emb.head(emb._backbone(pixels), valid)
+                emb.head(emb._trainable(pixels), valid)
             return
         out = emb.embed(np.arange(batch), pixels, valid)
         out.backward(grad)

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 from dataclasses import replace
 from pathlib import Path
 
 from ..config import TrainConfig
-from ..distributed.launch import local_env, mpirun_command, python_argv
+from ..distributed.launch import group_killed_on_exit, local_env, mpirun_command, python_argv
 
 
 class BenchError(RuntimeError):
@@ -101,11 +100,12 @@ def run_logged(cmd: list[str], out: Path, timeout: float, what: str, env=None) -
     with open(log, "w") as fh:
         proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=env,
                                 start_new_session=True)
-        try:
-            code = proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
+        with group_killed_on_exit(proc):
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                code = None
+        if code is None:
             raise BenchError(f"{out}: no result after {timeout:.0f} s; log {log}:\n{_tail(log)}")
     if code != 0:
         raise BenchError(f"{out}: {what} exited {code}; log {log}:\n{_tail(log)}")

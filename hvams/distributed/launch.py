@@ -1,10 +1,13 @@
 """Build ``mpirun`` command lines for running hvams on this machine."""
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import sys
+import threading
 
 
 def mpirun_command(np_: int, argv: list[str], env: dict[str, str] | None = None,
@@ -108,3 +111,30 @@ def run_launched(cmd: list[str], roles_file: str | None = None, forwarder=None) 
         if why:
             print(why, file=sys.stderr, flush=True)
     return code
+
+
+def _exit_on_term(signum, frame):
+    raise SystemExit(128 + signum)
+
+
+@contextlib.contextmanager
+def group_killed_on_exit(proc):
+    """Kill ``proc``'s process group (started with ``start_new_session``) when this process
+    leaves the block with it still running: on an exception, or on SIGTERM (from ``timeout``
+    or Slurm), which is turned into SystemExit so this cleanup runs. A new session is out of
+    reach of the signal that stops this process, so without it mpirun and its ranks would
+    outlive a stopped bench or test and hold the cores, or a GPU, for what runs next."""
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _exit_on_term)
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)

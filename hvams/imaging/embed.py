@@ -45,8 +45,11 @@ class PixelEmbedder:
         only its input, and backward recomputes it chunk by chunk, so at most one chunk's
         activations are alive, for a third more compute. Batch norm uses its running
         statistics and there is no dropout, so the recomputed chunk equals the first."""
-        if len(pixels) <= self.chunk or not torch.is_grad_enabled():
+        if len(pixels) <= self.chunk:
             return self._backbone(pixels)
+        if not torch.is_grad_enabled():  # evaluation: no graph, no recompute
+            return torch.cat([self._backbone(pixels[i:i + self.chunk])
+                              for i in range(0, len(pixels), self.chunk)])
         from torch.utils.checkpoint import checkpoint
 
         return torch.cat([checkpoint(self._backbone, pixels[i:i + self.chunk], use_reentrant=False)

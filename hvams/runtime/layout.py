@@ -21,7 +21,8 @@ from .device import DeviceError
 class Placed:
     node: str
     role: str
-    device: str     # "cpu" or "cuda:i"
+    device: str     # "cpu", or "cuda:" and the GPU's UUID (its index differs between ranks
+                    # that see different CUDA_VISIBLE_DEVICES, as under Slurm's GPU binding)
 
 
 def ranks_on_gpu(table: list[Placed], rank: int) -> int:
@@ -34,7 +35,8 @@ def ranks_on_gpu(table: list[Placed], rank: int) -> int:
 
 
 def roles_sharing_a_gpu(table: list[Placed]) -> set[str]:
-    """Roles with two ranks on one GPU of one node: NCCL cannot sum among them."""
+    """Roles NCCL cannot sum among: two ranks on one GPU of one node, or CUDA and CPU ranks
+    in one role (one collective cannot take both kinds of tensor)."""
     seen: set[tuple[str, str, str]] = set()
     out: set[str] = set()
     for p in table:
@@ -44,6 +46,10 @@ def roles_sharing_a_gpu(table: list[Placed]) -> set[str]:
         if k in seen:
             out.add(p.role)
         seen.add(k)
+    for role in {p.role for p in table}:
+        kinds = {p.device.startswith("cuda") for p in table if p.role == role}
+        if len(kinds) > 1:
+            out.add(role)
     return out
 
 
@@ -55,13 +61,21 @@ def gradient_paths(table: list[Placed], requested: str) -> dict[str, str]:
         role = sorted(shared)[0]
         raise DeviceError(
             f"config key 'allreduce_path': 'device' (NCCL) cannot sum the {role}s' gradients: "
-            f"two {role}s are on one GPU, which NCCL refuses; use auto or host, or give each "
-            f"{role} its own GPU")
+            f"two {role}s are on one GPU, which NCCL refuses, or some are on the CPU; use auto "
+            f"or host, or give each {role} its own GPU")
     roles = {p.role for p in table}
     return {r: "host" if requested == "host" or (requested == "auto" and r in shared) else "device"
             for r in roles}
 
 
+def device_id(device: torch.device) -> str:
+    """"cpu", or "cuda:" and the GPU's UUID: the same for every rank on that GPU."""
+    if device.type != "cuda":
+        return str(device)
+    uuid = getattr(torch.cuda.get_device_properties(device), "uuid", None)
+    return f"cuda:{uuid if uuid is not None else device.index}"
+
+
 def place(world, node: str, role: str, device: torch.device) -> list[Placed]:
     """Every rank's (node, role, device), the same list on every rank."""
-    return [Placed(*x) for x in world.allgather((node, role, str(device)))]
+    return [Placed(*x) for x in world.allgather((node, role, device_id(device)))]

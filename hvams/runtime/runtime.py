@@ -111,8 +111,9 @@ def _torch_dtype(dtype) -> torch.dtype:
 
 def exact_fp32() -> None:
     """fp32 matmuls and convolutions in IEEE fp32 on CUDA, not TF32."""
-    try:
+    try:  # (cudnn's own setting covers its convolutions and RNNs)
         torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.fp32_precision = "ieee"
         torch.backends.cudnn.conv.fp32_precision = "ieee"
     except AttributeError:  # torch before 2.9
         torch.backends.cuda.matmul.allow_tf32 = False

@@ -134,8 +134,8 @@ class WorkerTrainer:
                               if r.requires_grad and r.grad is not None else None
                               for r, spec in zip(rows, self.client.channels)])
         if self.topo.num_workers > 1:
-            self.client.counter.add("allreduce_workers", self.compression.allreduce_bytes(
-                [p.grad for p in self.params]))
+            self.client.counter.add("allreduce_workers",
+                                    self.compression.allreduce_bytes(self.params))
         with stage("allreduce_step"):  # Horovod allreduce of dense gradients + Adam
             self.reducer.reduce(self.params)
             self.opt.step()
