@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from hvams.pretrain import CROP_SCALE
+
 from .common import EXIT_FAILED, CliError, reported
 
 
@@ -183,13 +185,19 @@ def place_cmd(store, servers, hostfile, hosts, out, copy):
               help="DeepCluster rounds after the contrastive stage (k-means pseudo-labels).")
 @click.option("--clusters", type=click.IntRange(min=2), default=256, show_default=True,
               help="k of the cluster rounds (at most one per 8 images).")
+@click.option("--crop-scale", type=click.FloatRange(0.1, 1.0), default=CROP_SCALE, show_default=True,
+              help="Smallest share of the image a contrastive view keeps (1: no zoom, only "
+                   "aspect and shift; a zoom hides how many things an image shows).")
+@click.option("--standardise/--no-standardise", default=True, show_default=True,
+              help="Save the features' mean and std over the store with the weights, so a "
+                   "frozen backbone gives the head unit-scale inputs.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), help="Torch threads (fix it for the same weights everywhere).")
 @click.option("--probe", "truth", type=click.Path(exists=True, dir_okay=False),
               help="Truth table (e.g. DATA/truth/items.parquet): print linear-probe accuracy per "
                    "attribute, random init against pretrained.")
-def pretrain_cmd(store, out, size, epochs, batch, lr, cluster_rounds, clusters, max_images, seed,
-                 threads, truth):
+def pretrain_cmd(store, out, size, epochs, batch, lr, cluster_rounds, clusters, max_images,
+                 crop_scale, standardise, seed, threads, truth):
     """Pretrain small-cnn on the store's own images, without labels (SimCLR + clusters).
 
     For images no available backbone was trained on: the result is a
@@ -213,7 +221,8 @@ def pretrain_cmd(store, out, size, epochs, batch, lr, cluster_rounds, clusters, 
     click.echo(f"pretrain: {len(pixels)} images at {size} px"
                + (f", {bad} undecodable skipped" if bad else ""))
     result = pretrain_on_pixels(pixels, out, epochs, batch, lr, cluster_rounds=cluster_rounds,
-                                clusters=clusters, seed=seed, threads=threads, log=click.echo)
+                                clusters=clusters, seed=seed, threads=threads,
+                                crop_scale=crop_scale, standardise=standardise, log=click.echo)
     click.echo(f"wrote {out}: small-cnn pretrained on {result['images']} images at {size} px, "
                f"{epochs} contrastive epochs (loss {result['loss_first']:.3f} -> "
                f"{result['loss_last']:.3f}), {cluster_rounds} cluster round(s) of "

@@ -56,7 +56,11 @@ def test_its_own_schema_store_and_truth(world_dir):
     assert attributes_of(world_dir / "truth" / "items.parquet") == FACTORS
     table = TrueAttributes(world_dir / "truth" / "items.parquet")
     assert table.out_dim == sum(FACTORS.values())
-    assert (table(torch.from_numpy(ids[:50].copy())).sum(1) == len(FACTORS)).all()
+    held = ids[in_store][:50].copy()
+    assert (table(torch.from_numpy(held)).sum(1) == len(FACTORS)).all()
+    # the ceiling reads perfectly what the store holds: a file it lacks is missing there too
+    feats, known = table.lookup(torch.from_numpy(ids[~in_store].copy()), torch.float32)
+    assert not known.any() and not feats.any()
 
 
 def test_clicks_follow_p_and_both_visual_terms_matter(world_dir):

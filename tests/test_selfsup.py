@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from cli.main import main
 from hvams.data.posters import TRAITS, poster_preset, synthesize_posters
 from hvams.models.attributes import attribute_labels
-from hvams.models.image import SmallCNN
+from hvams.models.image import ImageEmbedder, SmallCNN
 from hvams.pretrain.selfsup import (augment, backbone_features, linear_probe, load_store_pixels,
                                   nt_xent, pretrain_on_pixels)
 
@@ -48,6 +48,27 @@ def test_pretraining_on_the_store_reads_more_than_random_weights(tmp_path):
     acc = {k: linear_probe(backbone_features(n, pixels), labels, names) for k, n in nets.items()}
     for trait in ("hatch", "count"):
         assert acc["pretrained"][trait] > acc["random"][trait] + 0.05, acc
+    # the saved features are standardised over the images pretrained on
+    feats = backbone_features(nets["pretrained"], pixels)
+    live = feats.std(0) > 0.5
+    assert live.sum() >= 32 and feats.mean(0).abs().max() < 1e-3
+    assert (feats.std(0)[live] - 1).abs().max() < 1e-3
+
+
+def test_weights_saved_without_standardisation_load_as_identity(tmp_path):
+    torch.manual_seed(0)
+    net = SmallCNN()
+    x = torch.randn(6, 3, 32, 32)
+    old = {k: v for k, v in net.state_dict().items() if k not in SmallCNN.STANDARDISE}
+    torch.save(old, tmp_path / "old.pt")
+    frozen = ImageEmbedder("small-cnn", weights=str(tmp_path / "old.pt"), frozen=True)
+    assert torch.equal(frozen.features(x), net.net(x))
+    # a standardised file carries its statistics into the frozen backbone
+    net.set_standardisation(net.net(torch.randn(64, 3, 32, 32)))
+    torch.save(net.state_dict(), tmp_path / "new.pt")
+    loaded = ImageEmbedder("small-cnn", weights=str(tmp_path / "new.pt"), frozen=True)
+    assert torch.equal(loaded.features(x), (net.net(x) - net.feature_mean) / net.feature_std)
+    assert not torch.equal(loaded.features(x), frozen.features(x))
 
 
 def test_cli_names_a_missing_or_empty_store(tmp_path):

@@ -7,6 +7,8 @@ object attribute -> number of values; the posters world writes it), else the
 built-in world's shape, hue, pattern and size (20-d). The head on top is the image
 model's usual one, so the image embedding becomes a learned embedding of the
 true attributes: what the same DICM could reach if it read images perfectly.
+Perfect reading cannot see a file that never reached the store: where the table
+has an ``in_store`` column, those images are missing here as on the pixel path.
 """
 from __future__ import annotations
 
@@ -20,6 +22,7 @@ from ..data.render import ATTRIBUTES
 
 TRUTH_FILE = "truth/items.parquet"
 META_KEY = b"hvams.attributes"
+STORED_COLUMN = "in_store"
 
 
 def truth_file(data: str | Path) -> Path:
@@ -63,6 +66,19 @@ def read_truth(path: str | Path) -> tuple[dict[str, int], np.ndarray, np.ndarray
     return attrs, keys, np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
 
 
+def stored_mask(path: str | Path) -> np.ndarray | None:
+    """Per sorted unique image id of a truth table (``read_truth``'s order), whether the
+    image store holds its file: the optional ``in_store`` column, for a world whose files
+    can be broken or absent; None where the table has no such column."""
+    import pyarrow.parquet as pq
+
+    if STORED_COLUMN not in pq.read_schema(path).names:
+        return None
+    table = pq.read_table(path, columns=["image_id", STORED_COLUMN])
+    _, first = np.unique(np.asarray(table["image_id"], np.int64), return_index=True)
+    return np.asarray(table[STORED_COLUMN], bool)[first]
+
+
 def attribute_labels(path: str | Path, ids: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(attribute names, (known ids, attributes) values, bool mask of ``ids`` the table knows)."""
     attrs, keys, values = read_truth(path)
@@ -101,6 +117,9 @@ class TrueAttributes(nn.Module):
             raise ConfigError(f"config key 'backbone_weights': {path}: attribute(s) {bad} have "
                               f"values outside 0..(number of values - 1) of {attrs}")
         cols = cols + offsets
+        held = stored_mask(path)
+        if held is not None:  # what no reader could see is missing here too
+            keys, cols = keys[held], cols[held]
         self.out_dim = sum(attrs.values())
         # Not state: the checkpoint holds the head, the table stays in the data directory.
         self.register_buffer("keys", torch.from_numpy(keys), persistent=False)

@@ -23,9 +23,15 @@ FEATURE_DIMS = {"small-cnn": 64, "resnet18": 512, "vgg16": 4096, "mobilenet_v3_s
 
 
 class SmallCNN(nn.Module):
-    """Three strided conv layers and global pooling: 64-d features, cheap on a CPU."""
+    """Three strided conv layers and global pooling: 64-d features, cheap on a CPU.
+
+    The features are standardised by ``feature_mean`` and ``feature_std``: the identity
+    unless a pretraining measured them over its images, so that a head on the frozen
+    features starts from unit-scale inputs. Weights saved without them load as identity.
+    """
 
     out_dim = FEATURE_DIMS["small-cnn"]
+    STANDARDISE = ("feature_mean", "feature_std")
 
     def __init__(self):
         super().__init__()
@@ -34,9 +40,22 @@ class SmallCNN(nn.Module):
             nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(),
             nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(),
             nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.register_buffer("feature_mean", torch.zeros(self.out_dim))
+        self.register_buffer("feature_std", torch.ones(self.out_dim))
 
     def forward(self, x):
-        return self.net(x)
+        return (self.net(x) - self.feature_mean) / self.feature_std
+
+    @torch.no_grad()
+    def set_standardisation(self, features: torch.Tensor) -> None:
+        """Standardise by the mean and std of ``features`` (n, 64) of raw (identity) output."""
+        self.feature_mean.copy_(features.mean(0))
+        self.feature_std.copy_(features.std(0).clamp_min(1e-3 * float(features.std(0).max())))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        for name, fill in zip(self.STANDARDISE, (torch.zeros, torch.ones)):
+            state_dict.setdefault(prefix + name, fill(self.out_dim))  # older files: identity
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class _Torchvision(nn.Module):

@@ -8,6 +8,10 @@ store, decode), so they sit above ``models/``, which stays plain torch.
 """
 from __future__ import annotations
 
+# The smallest share of an image a contrastive view keeps. Keeping it whole (1.0) reads
+# counts better in a linear probe, yet DICM did no better on mosaic (docs/benchmarks.md).
+CROP_SCALE = 0.5
+
 
 def synthesize_world(out, cfg, progress: bool = True, overwrite: bool = False) -> dict:
     """``hvams.data.synth.synthesize`` with the world's backbone pretrained when its config

@@ -37,6 +37,7 @@ from ..store.decode import decode_rgb
 from ..store.errors import CorruptImageError
 from ..store.lmdb_store import ImageStore
 from ..models.image import SmallCNN
+from . import CROP_SCALE
 
 
 def load_store_pixels(store_dir: str, size: int, max_images: int | None, seed: int,
@@ -105,7 +106,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: int = 256,
                        lr: float = 2e-3, temperature: float = 0.2, cluster_rounds: int = 1,
                        clusters: int = 256, cluster_epochs: int = 10, seed: int = 0,
-                       threads: int | None = None, log=print) -> dict:
+                       threads: int | None = None, crop_scale: float = CROP_SCALE, standardise: bool = True,
+                       log=print) -> dict:
     """Pretrain ``small-cnn`` on uint8 ``pixels`` (n, 3, s, s); save its state dict to ``out``.
     Seeded: with ``threads`` fixed, the same weights on any machine."""
     old = torch.get_num_threads()
@@ -123,7 +125,7 @@ def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: 
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, steps)
         x_all = normalize(pixels)
         losses = []
-        gen_views = lambda x: augment(x, gen, channel_jitter=0.2)  # noqa: E731
+        gen_views = lambda x: augment(x, gen, crop_scale, channel_jitter=0.2)  # noqa: E731
         for epoch in range(epochs):
             perm = torch.randperm(len(pixels), generator=gen)
             total, n = 0.0, 0
@@ -141,7 +143,10 @@ def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: 
         k = max(2, min(clusters, len(pixels) // 8))  # a few images per cluster at least
         for r in range(cluster_rounds):
             cluster_round(backbone, x_all, k, cluster_epochs, batch, lr, gen, seed + r,
+                          max(crop_scale, 0.8),
                           lambda m: log(f"cluster round {r + 1}/{cluster_rounds}: {m}"))
+        if standardise:
+            backbone.set_standardisation(backbone_features(backbone, x_all, normalised=True))
         torch.save(backbone.state_dict(), out)
         return {"images": len(pixels), "size": pixels.shape[-1], "epochs": epochs,
                 "cluster_rounds": cluster_rounds, "clusters": k,
@@ -162,7 +167,7 @@ def pseudo_labels(features: np.ndarray, k: int, seed: int) -> np.ndarray:
 
 
 def cluster_round(backbone: nn.Module, x_all: torch.Tensor, k: int, epochs: int, batch: int,
-                  lr: float, gen: torch.Generator, seed: int, log) -> None:
+                  lr: float, gen: torch.Generator, seed: int, crop_scale: float, log) -> None:
     """One DeepCluster round: pseudo-labels from k-means, then learn to predict them."""
     target = torch.from_numpy(pseudo_labels(
         backbone_features(backbone, x_all, normalised=True).numpy(), k, seed)).long()
@@ -172,7 +177,7 @@ def cluster_round(backbone: nn.Module, x_all: torch.Tensor, k: int, epochs: int,
     for epoch in range(epochs):
         total, n = 0.0, 0
         for idx in torch.randperm(len(x_all), generator=gen).split(batch):
-            view = augment(x_all[idx], gen, min_scale=0.8, channel_jitter=0.2)
+            view = augment(x_all[idx], gen, crop_scale, channel_jitter=0.2)
             loss = F.cross_entropy(head(backbone(view)), target[idx])
             opt.zero_grad()
             loss.backward()
