@@ -56,27 +56,22 @@ def attributes_of(path: str | Path) -> dict[str, int]:
     return json.loads(meta[META_KEY]) if META_KEY in meta else dict(ATTRIBUTES)
 
 
-def read_truth(path: str | Path) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
-    """(attributes, sorted unique image ids, (ids, attributes) int64 values) of a truth table."""
+def read_truth(path: str | Path, stored_only: bool = False
+               ) -> tuple[dict[str, int], np.ndarray, np.ndarray]:
+    """(attributes, sorted unique image ids, (ids, attributes) int64 values) of a truth table.
+    ``stored_only``: without the images the store lacks, where the table says so in its
+    optional ``in_store`` column (a world whose files can be broken or absent)."""
     import pyarrow.parquet as pq
 
     attrs = attributes_of(path)
-    table = pq.read_table(path, columns=["image_id", *attrs])
+    stored = stored_only and STORED_COLUMN in pq.read_schema(path).names
+    table = pq.read_table(path, columns=["image_id", *attrs, *([STORED_COLUMN] if stored else [])])
     keys, first = np.unique(np.asarray(table["image_id"], np.int64), return_index=True)
-    return attrs, keys, np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
-
-
-def stored_mask(path: str | Path) -> np.ndarray | None:
-    """Per sorted unique image id of a truth table (``read_truth``'s order), whether the
-    image store holds its file: the optional ``in_store`` column, for a world whose files
-    can be broken or absent; None where the table has no such column."""
-    import pyarrow.parquet as pq
-
-    if STORED_COLUMN not in pq.read_schema(path).names:
-        return None
-    table = pq.read_table(path, columns=["image_id", STORED_COLUMN])
-    _, first = np.unique(np.asarray(table["image_id"], np.int64), return_index=True)
-    return np.asarray(table[STORED_COLUMN], bool)[first]
+    values = np.stack([np.asarray(table[a], np.int64)[first] for a in attrs], 1)
+    if stored:
+        held = np.asarray(table[STORED_COLUMN], bool)[first]
+        keys, values = keys[held], values[held]
+    return attrs, keys, values
 
 
 def attribute_labels(path: str | Path, ids: np.ndarray) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -103,13 +98,16 @@ class TrueAttributes(nn.Module):
 
         path = Path(path)
         try:
-            attrs, keys, cols = read_truth(path)
+            attrs, keys, cols = read_truth(path, stored_only=True)  # no reader sees the rest
         except FileNotFoundError:
             raise ConfigError(f"config key 'backbone_weights': backbone true-attributes needs the "
                               f"world's truth table, and {path} does not exist") from None
         except (KeyError, ValueError, OSError) as exc:
             raise ConfigError(f"config key 'backbone_weights': {path} is not a truth table with "
                               f"an image_id column and attribute columns: {exc}") from None
+        if not len(keys):
+            raise ConfigError(f"config key 'backbone_weights': {path} lists no image the store "
+                              f"holds (column {STORED_COLUMN!r})")
         offsets = np.cumsum([0, *list(attrs.values())[:-1]])
         bad = [a for j, (a, k) in enumerate(attrs.items()) if not (0 <= cols[:, j]).all()
                or not (cols[:, j] < k).all()]
@@ -117,9 +115,6 @@ class TrueAttributes(nn.Module):
             raise ConfigError(f"config key 'backbone_weights': {path}: attribute(s) {bad} have "
                               f"values outside 0..(number of values - 1) of {attrs}")
         cols = cols + offsets
-        held = stored_mask(path)
-        if held is not None:  # what no reader could see is missing here too
-            keys, cols = keys[held], cols[held]
         self.out_dim = sum(attrs.values())
         # Not state: the checkpoint holds the head, the table stays in the data directory.
         self.register_buffer("keys", torch.from_numpy(keys), persistent=False)

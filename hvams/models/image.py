@@ -49,8 +49,9 @@ class SmallCNN(nn.Module):
     @torch.no_grad()
     def set_standardisation(self, features: torch.Tensor) -> None:
         """Standardise by the mean and std of ``features`` (n, 64) of raw (identity) output."""
+        std = features.std(0)
         self.feature_mean.copy_(features.mean(0))
-        self.feature_std.copy_(features.std(0).clamp_min(1e-3 * float(features.std(0).max())))
+        self.feature_std.copy_(std.clamp_min(1e-3 * float(std.max())))
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         for name, fill in zip(self.STANDARDISE, (torch.zeros, torch.ones)):

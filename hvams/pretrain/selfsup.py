@@ -106,8 +106,8 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
 def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: int = 256,
                        lr: float = 2e-3, temperature: float = 0.2, cluster_rounds: int = 1,
                        clusters: int = 256, cluster_epochs: int = 10, seed: int = 0,
-                       threads: int | None = None, crop_scale: float = CROP_SCALE, standardise: bool = True,
-                       log=print) -> dict:
+                       threads: int | None = None, crop_scale: float = CROP_SCALE,
+                       standardise: bool = True, log=print) -> dict:
     """Pretrain ``small-cnn`` on uint8 ``pixels`` (n, 3, s, s); save its state dict to ``out``.
     Seeded: with ``threads`` fixed, the same weights on any machine."""
     old = torch.get_num_threads()
