@@ -39,7 +39,7 @@ from PIL import Image
 
 from ..keys import image_key_id
 from ..metrics import auc, gauc
-from ..models.attributes import write_truth
+from ..models.attributes import STORED_COLUMN, write_truth
 from .layout import Lists, fresh_dir, write_days
 from .schema import Field, Schema
 
@@ -334,7 +334,7 @@ def synthesize_mosaic(out: str | Path, cfg: MosaicConfig, overwrite: bool = Fals
     items = pa.table({"listing": np.arange(cfg.listings, dtype=np.int64),
                       "image_id": world.image_ids,
                       **{f: world.factors[:, j] for j, f in enumerate(FACTORS)},
-                      "in_store": ~(world.broken | world.absent),
+                      STORED_COLUMN: ~(world.broken | world.absent),
                       "is_ad": np.isin(np.arange(cfg.listings), np.r_[world.old_ads, world.new_ads]),
                       "is_new_ad": world.is_new})
     write_truth(out, items, FACTORS)

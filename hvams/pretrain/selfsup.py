@@ -63,7 +63,7 @@ def load_store_pixels(store_dir: str, size: int, max_images: int | None, seed: i
     return torch.stack(pixels), np.array(kept, np.int64), bad
 
 
-def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float = 0.5,
+def augment(x: torch.Tensor, gen: torch.Generator, min_scale: float = CROP_SCALE,
             grey_p: float = 0.2, channel_jitter: float = 0.0) -> torch.Tensor:
     """A random view of each normalised image (k, 3, s, s): one batched affine resample."""
     k = len(x)
