@@ -59,6 +59,19 @@ def _base(data, config_path, servers, batch_size, backbone, backbone_weights, im
     return cfg
 
 
+def _file_keys(config_path: str | None) -> set[str]:
+    """The keys a ``--config`` file sets (load_config reports a file that is not a mapping)."""
+    if not config_path:
+        return set()
+    import yaml
+
+    try:
+        data = yaml.safe_load(Path(config_path).read_text())
+    except yaml.YAMLError:
+        return set()  # load_config names the file and the error
+    return set(data) if isinstance(data, dict) else set()
+
+
 def _finish(out: Path, name: str, text: str) -> None:
     command = "hvams " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     (out / f"{name}.md").write_text(f"Command: `{command}`\n\n{text}\n")
@@ -194,8 +207,9 @@ def speed(out, ranks, steps, warmup, rounds, variants, one_process, strategies, 
               help="Only the first N seeds evaluate every --eval-every steps (default: all).")
 @click.option("--reuse", is_flag=True,
               help="Keep finished runs of the same config in OUT (resume an interrupted bench).")
-@click.option("--freeze-backbone/--train-backbone", default=True, show_default=True,
-              help="Train the image models' backbone end to end, or keep it fixed (the paper).")
+@click.option("--freeze-backbone/--train-backbone", default=None,
+              help="Keep the image models' backbone fixed (the paper; the default unless "
+                   "--config sets freeze_backbone) or train it end to end.")
 @click.option("--image-products/--no-image-products", default=None,
               help="DICM's tower also gets ad image x pooled channels (config image_products).")
 @click.option("--backbone-lr-scale", type=float,
@@ -216,6 +230,8 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
     names = [m.strip() for m in models.split(",") if m.strip()]
     _known(names, list(MODELS), "model")
     seed_list = _seeds(seeds)
+    if freeze_backbone is None and "freeze_backbone" not in _file_keys(opts["config_path"]):
+        freeze_backbone = True  # the bench's default is the paper's frozen backbone
     cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=freeze_backbone,
                 image_products=image_products, backbone_lr_scale=backbone_lr_scale,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)

@@ -277,3 +277,31 @@ def test_bench_quality_refuses_a_tuned_row_without_weights(tmp_path):
                 tmp_path / "q", timeout=60)
     assert res.returncode == 2 and "dicm tuned" in res.output and "--backbone-weights" in res.output
     assert "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("file_sets, flags, frozen", [
+    (None, [], True), (False, [], False), (False, ["--freeze-backbone"], True),
+    (True, ["--train-backbone"], False)])
+def test_bench_quality_takes_freeze_backbone_from_the_config_file(tmp_path, monkeypatch,
+                                                                  file_sets, flags, frozen):
+    """The bench's frozen default applies only where neither the flag nor --config says."""
+    from click.testing import CliRunner
+
+    import hvams.bench.quality as quality
+    from cli.main import main
+
+    seen = {}
+
+    def fake_run(cfg, *args, **kwargs):
+        seen["frozen"] = cfg.freeze_backbone
+        raise SystemExit(0)  # the configuration is what is under test, not a run
+
+    monkeypatch.setattr(quality, "run_quality", fake_run)
+    conf = tmp_path / "c.yaml"
+    conf.write_text(yaml.safe_dump({} if file_sets is None else {"freeze_backbone": file_sets}))
+    data = tmp_path / "d"
+    data.mkdir()
+    r = CliRunner().invoke(main, ["bench", "quality", "--data", str(data), "--config", str(conf),
+                                  "--models", "dicm mqap", "--out", str(tmp_path / "q"), *flags])
+    assert r.exit_code == 0, r.output
+    assert seen["frozen"] is frozen
