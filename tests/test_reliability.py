@@ -94,7 +94,7 @@ def test_counters_add_up_with_skipped_rows(tiny_world, tmp_path):
     s, _ = train_ok(3, world, tmp_path / "run", servers=1, batch_size=100, on_bad_row="skip")
     rows = s["rows"]
     assert rows["read"] == 4000 and rows["rejected"] == 4 and rows["trained"] == 3996
-    assert rows["read"] == rows["trained"] + rows["rejected"]
+    assert rows["read"] == rows["trained"] + rows["rejected"] and rows["not_trained"] == 0
     assert rows["rejected_by_reason"] == {"label outside {0, 1}": 3, "negative id": 1}
 
 
@@ -105,3 +105,20 @@ def test_same_seed_same_metrics(tiny_world, tmp_path):
         summary, _ = train_ok(4, tiny_world, out, servers=2, model="dicm", batch_size=64)
         runs.append(((out / "metrics.jsonl").read_text(), summary["losses"]))
     assert runs[0] == runs[1]
+
+
+def test_the_rows_line_adds_up_when_a_run_stops_early():
+    """Readers read ahead: a run stopped by max_steps read rows it never trained, and the
+    summary's rows line says so instead of an equation that does not hold."""
+    from hvams.train.report import format_bytes_table
+
+    base = {"model": "idonly", "strategy": "ams", "servers": 1, "workers": 2, "steps": 3,
+            "samples": 600, "elapsed_s": 1.0, "samples_per_s": 600.0, "bytes": {"control": 10}}
+    full = format_bytes_table({**base, "rows": {"read": 604, "trained": 600, "rejected": 4,
+                                                "rejected_by_reason": {"negative id": 4},
+                                                "not_trained": 0}})
+    assert "rows: read 604 = trained 600 + rejected 4 {'negative id': 4}" in full
+    assert "not trained" not in full
+    early = format_bytes_table({**base, "rows": {"read": 1024, "trained": 600, "rejected": 0,
+                                                 "rejected_by_reason": {}, "not_trained": 424}})
+    assert "rows: read 1024 = trained 600 + rejected 0 + read ahead, not trained 424" in early
