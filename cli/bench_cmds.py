@@ -60,7 +60,8 @@ def _base(data, config_path, servers, batch_size, backbone, backbone_weights, im
 
 
 def _file_keys(config_path: str | None) -> set[str]:
-    """The keys a ``--config`` file sets (load_config reports a file that is not a mapping)."""
+    """The keys a ``--config`` file sets, dashes read as underscores as load_config reads
+    them (load_config reports a file that is not a mapping)."""
     if not config_path:
         return set()
     import yaml
@@ -69,7 +70,7 @@ def _file_keys(config_path: str | None) -> set[str]:
         data = yaml.safe_load(Path(config_path).read_text())
     except yaml.YAMLError:
         return set()  # load_config names the file and the error
-    return set(data) if isinstance(data, dict) else set()
+    return {str(k).replace("-", "_") for k in data} if isinstance(data, dict) else set()
 
 
 def _finish(out: Path, name: str, text: str) -> None:

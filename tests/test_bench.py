@@ -279,12 +279,14 @@ def test_bench_quality_refuses_a_tuned_row_without_weights(tmp_path):
     assert "Traceback" not in res.output
 
 
-@pytest.mark.parametrize("file_sets, flags, frozen", [
-    (None, [], True), (False, [], False), (False, ["--freeze-backbone"], True),
-    (True, ["--train-backbone"], False)])
+@pytest.mark.parametrize("file_sets, flags, frozen, key", [
+    (None, [], True, "freeze_backbone"), (False, [], False, "freeze_backbone"),
+    (False, [], False, "freeze-backbone"), (False, ["--freeze-backbone"], True, "freeze_backbone"),
+    (True, ["--train-backbone"], False, "freeze_backbone")])
 def test_bench_quality_takes_freeze_backbone_from_the_config_file(tmp_path, monkeypatch,
-                                                                  file_sets, flags, frozen):
-    """The bench's frozen default applies only where neither the flag nor --config says."""
+                                                                  file_sets, flags, frozen, key):
+    """The bench's frozen default applies only where neither the flag nor --config says
+    (in either spelling the config file accepts)."""
     from click.testing import CliRunner
 
     import hvams.bench.quality as quality
@@ -298,7 +300,7 @@ def test_bench_quality_takes_freeze_backbone_from_the_config_file(tmp_path, monk
 
     monkeypatch.setattr(quality, "run_quality", fake_run)
     conf = tmp_path / "c.yaml"
-    conf.write_text(yaml.safe_dump({} if file_sets is None else {"freeze_backbone": file_sets}))
+    conf.write_text(yaml.safe_dump({} if file_sets is None else {key: file_sets}))
     data = tmp_path / "d"
     data.mkdir()
     r = CliRunner().invoke(main, ["bench", "quality", "--data", str(data), "--config", str(conf),

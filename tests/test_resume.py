@@ -14,11 +14,19 @@ def _train(data, out, steps, **keys):
 def test_resume_is_bit_exact(tiny_world, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     full = _train(tiny_world, straight, 2 * N, checkpoint_every=N)[0]["losses"]
-    first = _train(tiny_world, split, N)[0]["losses"]
+    stopped = _train(tiny_world, split, N)[0]
+    first = stopped["losses"]
     summary, res = _train(tiny_world, split, 2 * N, resume=True)
     assert f"latest complete checkpoint is ckpt-{N:08d}" in res.output
     assert "resuming from" in res.output and f"at step {N}" in res.output
     second = summary["losses"]
+    # the rows add up: the stopped run read ahead, the resumed one re-read what it skipped
+    rows, again = stopped["rows"], summary["rows"]
+    assert rows["trained"] == again["trained"] == N * 48 * 2 and rows["resumed"] == 0
+    assert rows["not_trained"] > 0 and again["resumed"] == N * 48 * 2
+    for r in (rows, again):
+        assert r["read"] == r["trained"] + r["rejected"] + r["resumed"] + r["not_trained"]
+    assert f"resumed past {N * 48 * 2} (trained before the restart)" in res.output
     assert first + second == full          # exact float equality, step by step
     a, b = latest_complete(straight), latest_complete(split)
     assert a.name == b.name == f"ckpt-{2 * N:08d}"

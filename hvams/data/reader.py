@@ -305,7 +305,8 @@ class DayReader:
 
 
 def reader_totals(readers: list[DayReader]) -> dict:
-    """Rows read, yielded and rejected (by reason) over several readers."""
+    """Rows read, yielded, skipped on a resume (trained by an earlier run) and rejected
+    (by reason) over several readers."""
     rejected: dict[str, int] = {}
     for r in readers:
         for k, v in r.stats.items():
@@ -313,5 +314,6 @@ def reader_totals(readers: list[DayReader]) -> dict:
                 rejected[k[len("rejected:"):]] = rejected.get(k[len("rejected:"):], 0) + v
     return {"rows_read": sum(r.stats["rows_read"] for r in readers),
             "rows_yielded": sum(r.stats["rows_yielded"] for r in readers),
+            "rows_resumed": sum(r.stats["rows_resumed"] for r in readers),
             "rows_rejected": rejected,
             "reject_examples": [m for r in readers for m in r.rejects][:10]}

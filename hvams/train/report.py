@@ -69,9 +69,11 @@ def format_bytes_table(summary: dict) -> str:
     lines.append(f"{'all':<20}{human(total / steps):>14}{human(total):>14}")
     rows = summary.get("rows")
     if rows:
-        ahead = rows.get("not_trained", 0)
+        ahead, resumed = rows.get("not_trained", 0), rows.get("resumed", 0)
         lines.append(f"rows: read {rows['read']} = trained {rows['trained']} + rejected "
                      f"{rows['rejected']} {rows['rejected_by_reason'] or ''}".rstrip()
+                     + (f" + resumed past {resumed} (trained before the restart)"
+                        if resumed else "")
                      + (f" + read ahead, not trained {ahead} (the run stopped first)"
                         if ahead else ""))
     img = summary.get("images")

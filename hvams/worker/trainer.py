@@ -92,9 +92,11 @@ class WorkerTrainer:
                            self.cfg.on_bad_row, ranges=pos.day_ranges)
         self.readers.append(reader)
         it = iter(reader)
-        for _ in range(pos.steps_in_day):
-            if next(it, None) is None:
+        for _ in range(pos.steps_in_day):  # an earlier run trained these
+            skipped = next(it, None)
+            if skipped is None:
                 break
+            reader.stats["rows_resumed"] += skipped.n
         while not self.out_of_steps(pos):
             with stage("read"):  # waiting on the reader's prefetch thread
                 batch = next(it, None)
