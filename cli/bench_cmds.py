@@ -43,13 +43,16 @@ def _common(f):
 
 
 def _base(data, config_path, servers, batch_size, backbone, backbone_weights, image_size, device,
-          precision, **extra):
+          precision, defaults=None, **extra):
+    """The bench's config: ``defaults`` (the bench's own, beneath the --config file), the
+    file, then the flags given."""
     from hvams.config import load_config
     from hvams.runtime.runtime import check_devices
 
     cfg = load_config(config_path, {"data": data, "servers": servers, "batch_size": batch_size,
                                     "backbone": backbone, "image_size": image_size,
-                                    "device": device, "precision": precision, **extra})
+                                    "device": device, "precision": precision, **extra},
+                      defaults)
     check_devices(cfg)
     default_w = Path(data) / "backbone" / "small-cnn.pt"
     if backbone_weights:
@@ -57,20 +60,6 @@ def _base(data, config_path, servers, batch_size, backbone, backbone_weights, im
     elif cfg.backbone_weights is None and cfg.backbone == "small-cnn" and default_w.exists():
         cfg.backbone_weights = str(default_w)
     return cfg
-
-
-def _file_keys(config_path: str | None) -> set[str]:
-    """The keys a ``--config`` file sets, dashes read as underscores as load_config reads
-    them (load_config reports a file that is not a mapping)."""
-    if not config_path:
-        return set()
-    import yaml
-
-    try:
-        data = yaml.safe_load(Path(config_path).read_text())
-    except yaml.YAMLError:
-        return set()  # load_config names the file and the error
-    return {str(k).replace("-", "_") for k in data} if isinstance(data, dict) else set()
 
 
 def _finish(out: Path, name: str, text: str) -> None:
@@ -231,9 +220,8 @@ def quality(out, ranks, seeds, models, epochs, train_days, eval_every, curve_see
     names = [m.strip() for m in models.split(",") if m.strip()]
     _known(names, list(MODELS), "model")
     seed_list = _seeds(seeds)
-    if freeze_backbone is None and "freeze_backbone" not in _file_keys(opts["config_path"]):
-        freeze_backbone = True  # the bench's default is the paper's frozen backbone
-    cfg = _base(**opts, epochs=epochs, eval_every=eval_every, freeze_backbone=freeze_backbone,
+    cfg = _base(**opts, defaults={"freeze_backbone": True},  # the paper's, unless --config says
+                epochs=epochs, eval_every=eval_every, freeze_backbone=freeze_backbone,
                 image_products=image_products, backbone_lr_scale=backbone_lr_scale,
                 train_days=[d.strip() for d in train_days.split(",")] if train_days else None)
     if "dicm tuned" in names and not cfg.backbone_weights:

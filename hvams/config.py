@@ -391,9 +391,11 @@ def merge(base: TrainConfig, values: dict, source: str) -> TrainConfig:
     return _typed(merged, source)
 
 
-def load_config(path: str | Path | None = None, overrides: dict | None = None) -> TrainConfig:
-    """Defaults, then the YAML file, then ``overrides`` (None values are ignored)."""
-    cfg = TrainConfig()
+def load_config(path: str | Path | None = None, overrides: dict | None = None,
+                defaults: dict | None = None) -> TrainConfig:
+    """Defaults (``TrainConfig``'s, then a command's own ``defaults``), then the YAML file,
+    then ``overrides`` (None values are ignored)."""
+    cfg = merge(TrainConfig(), defaults, "defaults") if defaults else TrainConfig()
     if path:
         try:
             data = yaml.safe_load(Path(path).read_text()) or {}

@@ -77,13 +77,14 @@ def summarize(results: list[dict], cfg: TrainConfig, topo: Topology, elapsed: fl
             rejected[k] = rejected.get(k, 0) + v
     read = sum(w["worker"]["rows_read"] for w in workers)
     resumed = sum(w["worker"]["rows_resumed"] for w in workers)
+    n_rejected = sum(rejected.values())
     return {"model": cfg.model, "strategy": cfg.strategy, "servers": topo.num_servers,
             "workers": topo.num_workers, "steps": steps, "samples": samples,
-            "rows": {"read": read, "trained": samples, "rejected": sum(rejected.values()),
+            "rows": {"read": read, "trained": samples, "rejected": n_rejected,
                      # read again on a resume to reach the position an earlier run stopped at
                      "resumed": resumed,
                      # read ahead by the readers when the run stopped (max_steps, a signal)
-                     "not_trained": read - samples - sum(rejected.values()) - resumed,
+                     "not_trained": read - samples - n_rejected - resumed,
                      "rejected_by_reason": rejected,
                      "reject_examples": [m for w in workers
                                          for m in w["worker"]["reject_examples"]][:10]},
