@@ -31,10 +31,12 @@ def train(config_path, local_np, launch, **flags):
     from hvams.train.preflight import preflight
 
     cfg = load_config(config_path, flags)
-    from hvams.distributed.preemption import REQUEUE_EXIT, STOP, Forwarder
+    from hvams.distributed.preemption import EARLY, REQUEUE_EXIT, STOP, Forwarder
 
     if not (local_np or launch):
         STOP.install(cfg.checkpoint_signals)  # a rank: before torch's import, which is slow
+        if held := EARLY.hand_over(cfg.checkpoint_signals):
+            STOP._raise(held, None)
     preflight(cfg)
     if local_np or launch:
         import shlex
@@ -50,6 +52,8 @@ def train(config_path, local_np, launch, **flags):
         roles = os.path.join(cfg.out, "topology.json")
         # the ranks have their handlers once rank 0 has written the topology
         relay = Forwarder(cfg.checkpoint_signals, lambda: os.path.exists(roles))
+        if held := EARLY.hand_over(relay.taken):
+            relay._handler(held, None)
         code = (run_local(local_np, argv, roles, relay) if local_np else
                 run_launched(shlex.split(launch) + argv, roles, relay))
         raise SystemExit(code if code in (0, REQUEUE_EXIT) else 1)

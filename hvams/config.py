@@ -196,7 +196,8 @@ class TrainConfig:
     sync_stages: Flag = key(False, "CUDA: synchronise at stage boundaries (exact stage times).",
                             flag=False)
     # bookkeeping
-    checkpoint_every: int = key(0, "Checkpoint every K steps (0: at the end only).")
+    checkpoint_every: int = key(0, "Checkpoint every K steps (0: at the end only). One due on a "
+                                "day's last step is left to the next: the day's end changes rows.")
     checkpoint_mode: CheckpointMode = key(
         "full", "full: every checkpoint writes every row; delta: only the rows changed since "
                 "the previous one (and the keys deleted), on a full base.")

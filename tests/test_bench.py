@@ -307,3 +307,56 @@ def test_bench_quality_takes_freeze_backbone_from_the_config_file(tmp_path, monk
                                   "--models", "dicm mqap", "--out", str(tmp_path / "q"), *flags])
     assert r.exit_code == 0, r.output
     assert seen["frozen"] is frozen
+
+
+def test_bench_network_tables_each_wire_and_strategy_from_its_runs(tmp_path, monkeypatch):
+    """The table logic of ``bench network`` without the fake cluster (the run on one is in
+    test_multihost): each wire's runs get its compression keys and a row of their own, and
+    every ratio and slowdown is computed from those runs' step times."""
+    from contextlib import nullcontext
+
+    from hvams.bench import network
+    from hvams.config import TrainConfig
+
+    link, seen = {}, []
+    speed = {"store-in-server": 100.0, "ams": 300.0}       # samples/s on unlimited links
+    monkeypatch.setattr(network, "fake_cluster", lambda hosts: nullcontext())
+    monkeypatch.setattr(network, "_script", lambda name, *a: link.update(rate=a[0])
+                        if name == "rate.sh" else None)
+
+    def train_job(cfg, ranks, timeout, launch, env):
+        seen.append((cfg.strategy, cfg.row_compression, cfg.allreduce_compression, link["rate"]))
+        half = 0.5 if cfg.row_compression == "fp16" else 1.0
+        slow = 1.0 if link["rate"] == "none" else 4.0 * half   # the links cost what travels
+        rounds = sum(s == (cfg.strategy, cfg.row_compression, link["rate"])
+                     for s in ((a, b, d) for a, b, _, d in seen))
+        step = 64 * 2 / speed[cfg.strategy] * slow * (1 + 0.1 * rounds)
+        return {"summary": {"samples": 64 * 2 * cfg.max_steps, "steps": cfg.max_steps,
+                            "step_s": [9.0] + [step] * (cfg.max_steps - 1),
+                            "bytes_per_step": {"id_rows": 4000 * half, "image_payload": 96.0},
+                            "stage_s": {"worker": {"lookup": 0.1}},
+                            "servers": 2, "workers": 2}}
+
+    monkeypatch.setattr(network, "train_job", train_job)
+    r = network.run_network(TrainConfig(data=str(tmp_path), batch_size=64), hosts=3, ranks=4,
+                            steps=3, warmup=1, rounds=2, out=tmp_path, rates=("unlimited", "100mbit"),
+                            variants=("frozen",), wires=("fp32", "fp16-rows"),
+                            strategies=("store-in-server", "ams"))
+    assert len(seen) == 2 * 2 * 2 * 2                      # rounds x rates x wires x strategies
+    assert {(c, a) for _, c, a, _ in seen} == {("none", "none"), ("fp16", "none")}
+    assert set(r["table"]) == {"frozen", "frozen, fp16-rows"}
+    assert r["labels"]["frozen, fp16-rows"] == {"backbone": "frozen", "wire": "fp16-rows"}
+    full, half = r["table"]["frozen"], r["table"]["frozen, fp16-rows"]
+    for s in ("store-in-server", "ams"):
+        assert half[s]["unlimited"]["bytes_per_step"]["id_rows"] == 2000
+        assert full[s]["100mbit"]["slowdown"] == pytest.approx(1 / 4)
+        assert half[s]["100mbit"]["slowdown"] == pytest.approx(1 / 2)
+        # round 2 ran 1.2/1.1 slower than round 1: the median of the two rates
+        assert full[s]["unlimited"]["median"] == pytest.approx(
+            (speed[s] / 1.1 + speed[s] / 1.2) / 2)
+    for row in (full, half):
+        assert row["ams"]["vs_store_in_server"] == {"unlimited": pytest.approx(3.0),
+                                                    "100mbit": pytest.approx(3.0)}
+    assert json.loads((tmp_path / "network.json").read_text())["table"].keys() == r["table"].keys()
+    text = network.format_network(r)
+    assert "| frozen, fp16-rows | ams |" in text and "frozen: AMS / store-in-server" in text

@@ -69,8 +69,11 @@ def test_day_b_from_day_a_equals_one_run_over_both(tiny_world, tmp_path, case):
     extra = {"lr_decay_steps": 10, **policies}
     both, _ = train_ok(4, tiny_world, tmp_path / "both", "--config",
                        _days(tmp_path, "both", "day=00", "day=01", **extra), **keys)
+    # ttl: day A checkpoints on its last step, before its day end ages the rows; the model
+    # continued is still the one after that day end
+    due = {"checkpoint_every": both["days"][0]["step"]} if case == "ttl" else {}
     first, _ = train_ok(4, tiny_world, tmp_path / "a", "--config",
-                        _days(tmp_path, "a", "day=00", **extra), **keys)
+                        _days(tmp_path, "a", "day=00", **extra, **due), **keys)
     second, res = train_ok(4, tiny_world, tmp_path / "b", "--config",
                            _days(tmp_path, "b", "day=01", **extra), init_from=tmp_path / "a",
                            **keys)
@@ -106,8 +109,15 @@ def test_init_from_on_another_server_count_and_a_mismatch(tiny_world, tmp_path):
     ok = TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"), backbone_lr_scale=0.5,
                      **keys)
     check_init(ok, schema)  # no backbone: its learning-rate scale does not matter
-    check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
-                           image_products=True, **keys), schema)  # nor a tower it lacks
+    for unused in ({"image_products": True}, {"aggregator": "sum"}, {"concat_behaviors": 3},
+                   {"backbone": "resnet18"}, {"head": [32]}, {"strategy": "store-in-worker"},
+                   {"freeze_backbone": False}):  # nor the image path it lacks
+        check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
+                               **unused, **keys), schema)
+    with pytest.raises(ConfigError, match="was trained with model 'din', this run has model "
+                                          "'dicm'"):
+        check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"),
+                               **{**keys, "model": "dicm"}), schema)
     with pytest.raises(ConfigError, match="mlp \\[200, 80\\], this run has mlp \\[64\\]"):
         check_init(TrainConfig(data=str(tiny_world), init_from=str(tmp_path / "a"), mlp=[64],
                                **keys), schema)

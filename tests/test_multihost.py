@@ -171,17 +171,15 @@ def test_bench_network_runs_on_its_own_fake_cluster_and_tears_it_down(cluster, t
     res = run_job(py("cli", "bench", "network", "--data", tiny_world, "--batch-size", 64,
                      "--steps", 3, "--warmup", 1, "--rounds", 1, "--rates", "unlimited,100mbit",
                      "--variant", "frozen", "--strategy", "store-in-server", "--strategy", "ams",
-                     "--wire", "fp32", "--wire", "fp16-rows", "--out", out, "--chart", chart),
+                     "--out", out, "--chart", chart),
                  timeout=900)
+    # the wires' rows: test_bench (table) and test_compression (the halved bytes of real runs)
     assert not res.timed_out and res.returncode == 0, res.output[-3000:]
     r = json.loads((out / "network.json").read_text())
-    assert set(r["table"]) == {"frozen", "frozen, fp16-rows"}
-    half = r["table"]["frozen, fp16-rows"]
+    assert set(r["table"]) == {"frozen"} and r["wires"] == ["fp32"]
     rows = r["table"]["frozen"]
-    for s in ("store-in-server", "ams"):  # the same batches, rows and features in half the bytes
-        for cat in ("id_rows", "id_grads", "image_payload"):
-            assert half[s]["unlimited"]["bytes_per_step"][cat] == pytest.approx(
-                rows[s]["unlimited"]["bytes_per_step"][cat] / 2), (s, cat)
+    for s in ("store-in-server", "ams"):
+        assert rows[s]["unlimited"]["bytes_per_step"]["image_payload"] > 0, s
     assert set(rows) == {"store-in-server", "ams"} and r["hosts"] == 3
     ratio = rows["ams"]["vs_store_in_server"]
     for rate in ("unlimited", "100mbit"):

@@ -4,6 +4,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -156,6 +157,48 @@ def test_a_signal_at_start_up_is_held_until_every_rank_can_take_it(tiny_world, t
     res = run_train(4, tiny_world, out, "--resume", "auto", local=True, timeout=240, **KEYS)
     assert res.returncode == 0, res.output[-3000:]
     same_model(out, straight)
+
+
+def _signalled_at_once(argv: list[str]) -> list[str]:
+    """``argv`` (a ``python -m cli ...`` command) as a process that sends itself SIGTERM
+    right after importing ``cli``, before click, the config or any handler of its own."""
+    code = ("import os, signal, sys; sys.argv = ['hvams', *sys.argv[1:]]; import cli; "
+            "os.kill(os.getpid(), signal.SIGTERM); from cli.main import main; main()")
+    assert argv[1:3] == ["-m", "cli"]
+    return [argv[0], "-c", code, *argv[3:]]
+
+
+def test_a_sigterm_in_the_launchers_first_second_still_exits_42(tiny_world, tmp_path):
+    """A scheduler's SIGTERM while the launcher is still importing its command line: held
+    from ``cli``'s first line, handed to the relay, and the job stops after its first steps."""
+    out = tmp_path / "run"
+    job = Held(_signalled_at_once(train_argv(tiny_world, out, "--local", 4, **KEYS)),
+               tmp_path / "job.log", None)
+    code, output, _ = job.wait()
+    assert code == REQUEUE_EXIT, output[-3000:]
+    assert "SIGTERM: asking every rank to checkpoint" in output
+    steps = int(output.split("every rank stops after ")[1].split()[0])
+    assert 1 <= steps <= 3, output[-3000:]
+    _stopped_at(out, output, steps)
+
+
+def test_an_early_signal_that_is_no_checkpoint_signal_keeps_its_default_action(tiny_world,
+                                                                              tmp_path):
+    """Held, then given back: without SIGTERM among ``checkpoint_signals`` the launcher dies
+    of it as before; so does ``train --help`` (it never hands over); other commands do not
+    hold signals at all."""
+    cfg = tmp_path / "no-signals.yaml"
+    cfg.write_text("checkpoint_signals: []\n")
+    argvs = {"no checkpoint signal": train_argv(tiny_world, tmp_path / "run", "--local", 2,
+                                                "--config", cfg, **KEYS),
+             "help": [sys.executable, "-m", "cli", "train", "--help"],
+             "another command": [sys.executable, "-m", "cli", "data", "--help"]}
+    for case, argv in argvs.items():
+        res = subprocess.run(_signalled_at_once(argv), capture_output=True, text=True,
+                             env=_env({}), timeout=120)
+        assert res.returncode == -signal.SIGTERM, (case, res.returncode, res.stderr[-2000:])
+        assert "Traceback" not in res.stderr, case
+    assert not (tmp_path / "run" / "topology.json").exists()   # no rank ever started
 
 
 def test_a_signal_in_the_day_end_exchange_stops_before_the_day_ends(tiny_world, tmp_path,

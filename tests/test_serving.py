@@ -122,3 +122,46 @@ def test_the_manifest_names_image_products_only_where_it_is_used():
     plain = model_config(TrainConfig(model="dicm"))
     assert "image_products" not in plain and set(plain) == set(MODEL_KEYS) - {"image_products"}
     assert model_config(TrainConfig(model="dicm", image_products=True))["image_products"] is True
+
+
+def test_an_export_from_a_job_that_removes_its_checkpoint_meanwhile_reads_the_newer_one(
+        trained, tmp_path, monkeypatch):
+    """A job still writing checkpoints with keep_checkpoints removes the one being exported
+    once its next is complete: the export reads that newer one instead; if that keeps
+    happening, an error names the cause, and a file gone from a checkpoint that is still
+    the newest is not taken for one."""
+    import shutil
+
+    from hvams.serve import export
+    from hvams.serve.export_tables import ExportError
+    from hvams.train.checkpoint import ckpt_dir, latest_complete
+
+    run = tmp_path / "run"
+    shutil.copytree(trained[0], run)
+    plain = export_run(run, tmp_path / "plain", workers=1)
+    read = export._tables
+
+    def job_moves_on(d, *args):  # the job's next checkpoint is complete, then d is pruned
+        step = int(d.name.split("-")[1])
+        shutil.copytree(d, ckpt_dir(run, step + 1))
+        shutil.rmtree(d)
+        return read(d, *args)
+
+    calls = []
+    monkeypatch.setattr(export, "_tables", lambda d, *a: (calls.append(d.name), (
+        job_moves_on if len(calls) == 1 else read)(d, *a))[1])
+    m = export_run(run, tmp_path / "raced", workers=1)
+    assert calls == [plain["checkpoint"], latest_complete(run).name] and \
+        m["checkpoint"] != plain["checkpoint"]
+    for name, digest in plain["files"].items():  # the same state, read from its newer copy
+        if name.startswith("tables/"):
+            assert m["files"][name] == digest, name
+    monkeypatch.setattr(export, "_tables", job_moves_on)
+    with pytest.raises(ExportError, match="removed while it was read, 3 times.*keep_checkpoints"):
+        export_run(run, tmp_path / "never", workers=1)
+    newest = latest_complete(run)
+    monkeypatch.setattr(export, "_tables", lambda d, *a: (_ for _ in ()).throw(
+        FileNotFoundError(d / "server-0.npz")))
+    with pytest.raises(FileNotFoundError):
+        export_run(run, tmp_path / "gone", workers=1)
+    assert latest_complete(run) == newest

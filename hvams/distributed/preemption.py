@@ -16,6 +16,7 @@ a SIGTERM sent to mpirun itself kills the job.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 import threading
@@ -61,6 +62,53 @@ class StopFlag:
 STOP = StopFlag()  # one per process, as signal handlers are
 
 
+class EarlyHold:
+    """``hvams train``'s checkpoint signals from its first module on (``cli/__init__``),
+    before the config says which they are: for about a second, importing the command line
+    and reading the config, a scheduler's SIGTERM would otherwise kill the launcher with
+    143 instead of 42, and the job would not be requeued. ``hand_over`` gives the held
+    signal to the real handlers; one they do not take gets its default action then."""
+
+    SIGNALS = ("SIGUSR1", "SIGUSR2", "SIGTERM")  # every CheckpointSignal
+
+    def __init__(self):
+        self.signum, self.active = 0, False
+
+    def hold(self) -> None:
+        for name in self.SIGNALS:
+            signal.signal(getattr(signal, name), self._record)
+        self.active = True
+        atexit.register(self._deliver)  # a command that never hands over (--help, an error)
+
+    def _record(self, signum, frame) -> None:
+        if not self.signum:
+            self.signum = signum
+
+    def hand_over(self, taken) -> int:
+        """Called once the handlers of the signals named in ``taken`` are installed: the
+        others get their default action back; the held signal if they take it (0: none)."""
+        if not self.active:
+            return 0
+        self.active = False
+        for name in self.SIGNALS:
+            if name not in taken and signal.getsignal(getattr(signal, name)) == self._record:
+                signal.signal(getattr(signal, name), signal.SIG_DFL)
+        held, self.signum = self.signum, 0
+        if held and signal.Signals(held).name not in taken:
+            os.kill(os.getpid(), held)  # its default action, as without the hold
+            return 0
+        return held
+
+    def _deliver(self) -> None:
+        if self.active and self.signum:
+            self.active = False
+            signal.signal(self.signum, signal.SIG_DFL)
+            os.kill(os.getpid(), self.signum)
+
+
+EARLY = EarlyHold()
+
+
 class Forwarder:
     """The launcher's side: each checkpoint signal it gets goes to the launched mpirun as
     one that mpirun passes on to every rank (SIGUSR1 or SIGUSR2, the first configured).
@@ -70,13 +118,18 @@ class Forwarder:
     does not kill a rank still importing torch."""
 
     def __init__(self, names, ready):
-        self.ready, self.proc, self.pending = ready, None, False
+        self.ready, self.proc, self.pending, self.names = ready, None, False, list(names)
         self.relay = next((getattr(signal, n) for n in names if n in ("SIGUSR1", "SIGUSR2")),
                           None)
         if self.relay is None:
             return  # nothing mpirun would pass on: the ranks' own handlers are the only path
         for name in names:
             signal.signal(getattr(signal, name), self._handler)
+
+    @property
+    def taken(self) -> list[str]:
+        """The signals this launcher takes (none when mpirun would pass none on)."""
+        return [] if self.relay is None else list(self.names)
 
     def attach(self, proc) -> None:
         """The launcher process runs: a thread sends it each held signal once ready."""

@@ -41,10 +41,12 @@ from . import export_tables
 from .image_model import IMAGE_MODEL_FILE, image_model_manifest
 
 
-def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
-    """Config, newest complete checkpoint, worker model state, image model state."""
+def load_trained(run_dir: Path, d: Path | None = None
+                 ) -> tuple[TrainConfig, Path, dict, dict | None]:
+    """Config, checkpoint ``d`` (default: the newest complete one), worker model state,
+    image model state."""
     cfg = load_config(run_dir / "config.yaml")
-    d = ckpt.latest_complete(run_dir)
+    d = d or ckpt.latest_complete(run_dir)
     if d is None:
         raise FileNotFoundError(f"{run_dir}: no complete checkpoint to export")
     dense = ckpt.load_torch(d / "dense.pt")
@@ -53,6 +55,24 @@ def load_trained(run_dir: Path) -> tuple[TrainConfig, Path, dict, dict | None]:
         raise FileNotFoundError(f"{d}: holds no image model (strategy {cfg.strategy}), so "
                                 f"{cfg.model} cannot be exported")
     return cfg, d, dense, image
+
+
+def read_newest(run_dir: Path, tries: int = 3):
+    """``load_trained`` and the ID tables of the newest complete checkpoint. A job still
+    running in ``run_dir`` may remove that checkpoint while it is read (``keep_checkpoints``,
+    once its next one is complete): then the newest one again."""
+    for _ in range(tries):
+        d = ckpt.latest_complete(run_dir)
+        try:
+            cfg, d, dense, image = load_trained(run_dir, d)
+            schema = Schema.load(cfg.data)
+            return cfg, d, dense, image, schema, _tables(d, schema, cfg.emb_dim)
+        except FileNotFoundError:
+            if d is None or ckpt.latest_complete(run_dir) in (d, None):
+                raise  # not a checkpoint that a newer one replaced
+    raise export_tables.ExportError(
+        f"{run_dir}: its newest checkpoint was removed while it was read, {tries} times (the "
+        "job writing it keeps few checkpoints: keep_checkpoints); export again")
 
 
 def _tables(d: Path, schema: Schema, dim: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -140,10 +160,8 @@ def export_run(run_dir: str | Path, out: str | Path, workers: int = 2,
     if since is not None:
         since = Path(since)
         _check_since(since, out)
-    cfg, d, dense, image_state = load_trained(run_dir)
-    schema = Schema.load(cfg.data)
-    new = {table: {"keys": keys, "rows": rows}
-           for table, (keys, rows) in _tables(d, schema, cfg.emb_dim).items()}
+    cfg, d, dense, image_state, schema, tables = read_newest(run_dir)
+    new = {table: {"keys": keys, "rows": rows} for table, (keys, rows) in tables.items()}
     counts = None
     if cfg.uses_images:
         keys, embs, counts = export_images(cfg, image_state, workers)

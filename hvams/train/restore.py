@@ -106,6 +106,9 @@ def init_source(path: str | Path, verify: bool = True) -> Path:
 INIT_KEYS = ("model", "emb_dim", "mlp", "attention", "aggregator", "concat_behaviors",
              "image_products", "backbone", "head", "freeze_backbone", "strategy",
              "sparse_optimizer")
+# what shapes only the image path: a model without images (idonly, din) has none of it
+IMAGE_INIT_KEYS = ("aggregator", "concat_behaviors", "image_products", "backbone", "head",
+                   "freeze_backbone", "strategy")
 
 
 def check_groups(saved: dict, opt, where) -> None:
@@ -129,7 +132,7 @@ def check_init(cfg: TrainConfig, schema) -> Path:
     if theirs.get("id_admission_min_count", 0) > 1 or theirs.get("id_admission_by_table"):
         keys += ("admission_sketch_width", "admission_sketch_depth")  # sketches it saved
     if not cfg.uses_images:
-        keys = tuple(k for k in keys if k != "image_products")  # no tower input to change
+        keys = tuple(k for k in keys if k not in IMAGE_INIT_KEYS)
     for key in keys:
         if theirs.get(key) != ours[key]:
             raise ConfigError(f"config key 'init_from': {d} was trained with {key} "

@@ -37,6 +37,7 @@ def train_epoch(trainer: WorkerTrainer, pos: Position, num_days: int) -> str:
     before the day's end when it came in the day's last, empty exchange)."""
     for _ in days_left(pos, num_days):
         for batch in trainer.batches(pos):
+            trainer.checkpoint_if_due(pos, batch)    # the step before's, unless the day ends
             if not trainer.train_step(batch, pos):  # pull, forward, backward, push, allreduce
                 break                                # no worker has data left: the day is over
             trainer.after_step(pos)

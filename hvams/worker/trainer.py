@@ -77,6 +77,7 @@ class WorkerTrainer:
         self.samples = 0
         self.readers: list[DayReader] = []
         self.checkpointed_at: int | None = None  # the step whose state is on disk
+        self.due: int | None = None              # the step whose checkpoint is due
         self.days = DayLog(job)
 
     # --- the data ---
@@ -160,13 +161,28 @@ class WorkerTrainer:
 
     # --- around the steps ---
     def after_step(self, pos: Position) -> None:
-        """Log the step; checkpoint and evaluate when the schedule says so."""
+        """Log the step; evaluate when the schedule says so. A checkpoint due here waits for
+        the next batch (``checkpoint_if_due``)."""
         self.job.tb.add_step(self.losses[-1], self.last_n)
         self.job.tb.after_step(pos.step - 1)
         if self.cfg.checkpoint_every and pos.step % self.cfg.checkpoint_every == 0:
-            self.checkpoint(pos)
+            self.due = pos.step
         if self.cfg.eval_every and pos.step % self.cfg.eval_every == 0:
             self.evaluate(pos, pos.epoch)
+
+    def checkpoint_if_due(self, pos: Position, batch: Batch | None) -> None:
+        """Write the checkpoint due at this step, unless no worker has a next ``batch``: then
+        the day's end comes next and changes the servers' rows (TTL) at this same step, so
+        the state to keep is the one after it, which the next checkpoint (or the final one)
+        holds. A run that stops here instead (max_steps, a signal) writes it as its final."""
+        if self.due != pos.step:
+            return
+        self.due = None
+        more = int(batch is not None and batch.n > 0)  # the next step's global_n > 0
+        if self.topo.num_workers > 1:
+            more = self.topo.role_comm.allreduce(more)
+        if more:
+            self.checkpoint(pos)
 
     def checkpoint(self, pos: Position) -> None:
         """Every rank writes its part of ``ckpt-STEP``; the first worker the dense state."""
