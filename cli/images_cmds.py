@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from hvams.pretrain import CROP_SCALE
+from hvams.pretrain import CROP_SCALE, EPOCHS
 
 from .common import EXIT_FAILED, CliError, reported
 
@@ -176,7 +176,8 @@ def place_cmd(store, servers, hostfile, hosts, out, copy):
               help="Where to write the small-cnn state dict (use as backbone_weights).")
 @click.option("--size", type=click.IntRange(min=8), default=32, show_default=True,
               help="Side in pixels; train with the same image_size.")
-@click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=EPOCHS, show_default=True,
+              help="Contrastive epochs over the store (time grows in step).")
 @click.option("--batch", type=click.IntRange(min=8), default=256, show_default=True,
               help="Images per step (each gives two views).")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=2e-3, show_default=True)

@@ -11,6 +11,9 @@ from __future__ import annotations
 # The smallest share of an image a contrastive view keeps. Keeping it whole (1.0) reads
 # counts better in a linear probe, yet DICM did no better on mosaic (docs/benchmarks.md).
 CROP_SCALE = 0.5
+# Contrastive epochs: 60 beat 30 for DICM on posters and mosaic in each of 3 pretraining
+# seeds; 120 won on posters only (docs/benchmarks.md, session of 2026-12-04).
+EPOCHS = 60
 
 
 def synthesize_world(out, cfg, progress: bool = True, overwrite: bool = False) -> dict:

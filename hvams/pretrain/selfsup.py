@@ -37,7 +37,7 @@ from ..store.decode import decode_rgb
 from ..store.errors import CorruptImageError
 from ..store.lmdb_store import ImageStore
 from ..models.image import SmallCNN
-from . import CROP_SCALE
+from . import CROP_SCALE, EPOCHS
 
 
 def load_store_pixels(store_dir: str, size: int, max_images: int | None, seed: int,
@@ -103,7 +103,7 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float) -> torch.Ten
     return F.cross_entropy(sim, target)
 
 
-def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = 30, batch: int = 256,
+def pretrain_on_pixels(pixels: torch.Tensor, out: str, epochs: int = EPOCHS, batch: int = 256,
                        lr: float = 2e-3, temperature: float = 0.2, cluster_rounds: int = 1,
                        clusters: int = 256, cluster_epochs: int = 10, seed: int = 0,
                        threads: int | None = None, crop_scale: float = CROP_SCALE,
